@@ -1,0 +1,54 @@
+"""Command line: `python -m submission COMMAND ...`.
+
+Each command lives in its own module, imported only when that command runs
+(heavy dependencies stay unloaded). A command module exposes
+`add_arguments(parser)` and `run(args) -> int` (the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "replay": (
+        "submission.cli_replay",
+        "run problems through the gateway replay (default: embedded GSM8K + replay engine)",
+    ),
+    "simulate": ("submission.simulate", "replay attempt logs as whole competition runs"),
+    "bench": ("submission.bench", "benchmarks: sandbox, harness"),
+    "fidelity": ("submission.sandbox.fidelity", "re-run recorded code blocks, compare outputs"),
+    "doctor": ("submission.doctor", "check this machine: packages, GPU, engine dir, sandbox"),
+    "kaggle-metadata": ("submission.metadata", "write or check kaggle_metadata.json"),
+    "build": ("submission.build_cli", "engine build pipeline (build/pipeline.toml)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m submission", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    module_name, help_text = COMMANDS[args.command]
+    module = importlib.import_module(module_name)
+    command_parser = argparse.ArgumentParser(
+        prog=f"python -m submission {args.command}", description=help_text
+    )
+    module.add_arguments(command_parser)
+    return int(module.run(command_parser.parse_args(rest)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

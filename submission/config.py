@@ -1,0 +1,360 @@
+"""The one typed configuration of the harness, with every default documented here.
+
+A run's config is built in three layers: the dataclass defaults below, then a
+competition profile (``aimo3`` or ``aimo2``), then an optional TOML file, then
+``--set section.field=value`` overrides from the command line. Every field of
+every section can be overridden that way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+PACKAGE_DATA = Path(__file__).parent / "data"
+
+
+@dataclass
+class ProfileConfig:
+    """What the competition fixes: answer range, problem count, limits, gateway."""
+
+    name: str = "aimo3"
+    answer_min: int = 0
+    answer_max: int = 99_999
+    # AIMO-2 problems state their own modulo; reducing out-of-range answers
+    # mod (answer_max + 1) is a guess, so it is off unless asked for.
+    reduce_modulo: bool = False
+    problems: int = 50
+    # The notebook's hard GPU limit (AIMO-3: 5 h; runtimes are obfuscated by up to 30 min).
+    time_limit_s: float = 5 * 3600.0
+    # What public kernels budget for the 50 problems, leaving room for start-up
+    # and the runtime obfuscation.
+    solve_budget_s: float = 17_400.0
+    # The gateway's limit for one predict() call after the first (AIMO-3: 9 h).
+    per_call_limit_s: float = 9 * 3600.0
+    gateway_module: str = "kaggle_evaluation.aimo_3_inference_server"
+    gateway_class: str = "AIMO3InferenceServer"
+    competition_dir: str = "/kaggle/input/ai-mathematical-olympiad-progress-prize-3"
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "aimo3": {},
+    "aimo2": {
+        "name": "aimo2",
+        "answer_max": 999,
+        "per_call_limit_s": 30 * 60.0,
+        "gateway_module": "kaggle_evaluation.aimo_2_inference_server",
+        "gateway_class": "AIMO2InferenceServer",
+        "competition_dir": "/kaggle/input/ai-mathematical-olympiad-progress-prize-2",
+    },
+}
+
+
+@dataclass
+class PromptConfig:
+    """How a problem becomes the model's prompt (NeMo-Skills conventions)."""
+
+    # Chat template: "qwen-instruct" (empty system turn, always) or "raw" (the user text only).
+    template: Literal["qwen-instruct", "raw"] = "qwen-instruct"
+    # NeMo-Skills `generic/math` user message; {problem} is substituted.
+    user_message: str = (
+        "Solve the following math problem. Make sure to put the answer "
+        "(and only answer) inside \\boxed{{}}.\n\n{problem}"
+    )
+    # Code tag style: "openmath" (<tool_call>...</tool_call>) or "tora" (```python ... ```).
+    code_tags: Literal["openmath", "tora"] = "openmath"
+
+
+@dataclass
+class GenerationConfig:
+    """Sampling parameters sent to the engine (NeMo-Skills' official TIR evaluation)."""
+
+    max_tokens: int = 32_768
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int = 0  # 0 = off
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    # Attempt i of a problem samples with seed base_seed + i.
+    base_seed: int = 0
+    stop: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
+
+
+@dataclass
+class TirConfig:
+    """The tool-integrated-reasoning loop of one attempt."""
+
+    max_code_calls: int = 8  # NeMo-Skills default; the AIMO-2 winner used 6
+    code_timeout_s: float = 10.0  # NeMo-Skills default; the AIMO-2 winner used 2
+    max_output_chars: int = 1000  # NeMo-Skills default; the AIMO-2 winner fed back 200
+    truncation_marker: str = "<output cut>"
+    # Stop an attempt as soon as its \boxed{} answer is complete.
+    stop_at_boxed: bool = True
+
+
+@dataclass
+class SolverConfig:
+    """One problem: how many attempts, what to answer when none does."""
+
+    attempts: int = 8
+    # Answered when no attempt produced an in-range integer, and by predict() on failure.
+    fallback_answer: int = 0
+    # How often (s) the early-stop policy is consulted while nothing finishes.
+    policy_tick_s: float = 1.0
+
+
+@dataclass
+class BudgetConfig:
+    """Time budget across problems (used by submission.policy.budget)."""
+
+    # Seconds kept back from the profile's solve budget for start-up surprises.
+    safety_margin_s: float = 600.0
+    min_problem_s: float = 60.0
+    max_problem_s: float = 900.0
+
+
+@dataclass
+class EarlyStopConfig:
+    """When the vote is settled (used by submission.policy.early_stop)."""
+
+    # Stop when this many finished attempts agree.
+    agree: int = 4
+    # Stop when the leader can no longer be caught by the attempts still running.
+    stop_when_uncatchable: bool = True
+
+
+@dataclass
+class SandboxConfig:
+    """Limits of the local code sandbox (one process per session)."""
+
+    memory_mb: int = 4096  # address-space limit per session process
+    cpu_time_s: int = 60  # RLIMIT_CPU per session process
+    file_size_mb: int = 64
+    open_files: int = 256
+    max_processes: int = 64  # RLIMIT_NPROC, effective when sessions run unprivileged
+    # User the session processes drop to when the harness runs as root.
+    unprivileged_user: str = "nobody"
+    # Warm modules imported once in the parent before sessions are forked.
+    preload: tuple[str, ...] = (
+        "math", "numpy", "sympy", "itertools", "fractions", "functools", "collections",
+    )
+
+
+@dataclass
+class ReplayEngineConfig:
+    """The replay engine: recorded real generations served as if generated."""
+
+    # JSONL transcript files (ToRA format); empty = the embedded GSM8K sample.
+    transcripts: tuple[str, ...] = ()
+    # Streaming speed in tokens/s per stream; 0 = as fast as possible.
+    tokens_per_s: float = 0.0
+    chunk_tokens: int = 16
+
+
+@dataclass
+class SimEngineConfig:
+    """The sim engine: synthetic attempts drawn from an attempt log, for timing work."""
+
+    attempts_csv: str = ""
+    # Single-stream decode rate (tokens/s); 0 = calibrate from the log.
+    tokens_per_s: float = 0.0
+    # Slow-down per extra concurrent stream: rate = R1 / (1 + a*(n-1)).
+    contention: float = 0.087
+
+
+@dataclass
+class TrtllmEngineConfig:
+    """In-process TensorRT-LLM engine (production on Kaggle)."""
+
+    engine_dir: str = ""
+    tokenizer_dir: str = ""  # empty = engine_dir
+    kv_cache_free_gpu_memory_fraction: float = 0.92
+    max_batch_size: int = 32
+    enable_block_reuse: bool = True
+    # Run K attempts even when the drafter decodes greedily (identical attempts).
+    allow_greedy_drafter: bool = False
+
+
+@dataclass
+class HfEngineConfig:
+    """transformers reference engine."""
+
+    model: str = ""
+    device: str = "auto"  # "auto" = cuda when available, else cpu
+    dtype: str = "auto"
+    max_batch_size: int = 16
+
+
+@dataclass
+class OpenaiEngineConfig:
+    """Any OpenAI-compatible completions server (trtllm-serve, vLLM, SGLang)."""
+
+    base_urls: tuple[str, ...] = ("http://127.0.0.1:8000/v1",)
+    model: str = ""
+    api_key: str = "EMPTY"
+    max_retries: int = 5
+    request_timeout_s: float = 3600.0
+
+
+@dataclass
+class EngineConfig:
+    kind: Literal["replay", "sim", "trtllm", "hf", "openai"] = "replay"
+    replay: ReplayEngineConfig = field(default_factory=ReplayEngineConfig)
+    sim: SimEngineConfig = field(default_factory=SimEngineConfig)
+    trtllm: TrtllmEngineConfig = field(default_factory=TrtllmEngineConfig)
+    hf: HfEngineConfig = field(default_factory=HfEngineConfig)
+    openai: OpenaiEngineConfig = field(default_factory=OpenaiEngineConfig)
+
+
+@dataclass
+class OutputConfig:
+    out_dir: str = "out"
+    write_report: bool = True
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    tir: TirConfig = field(default_factory=TirConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def load_config(
+    profile: str = "aimo3",
+    toml_path: str | Path | None = None,
+    overrides: typing.Iterable[str] = (),
+) -> Config:
+    """Defaults, then the profile, then the TOML file, then `section.field=value` overrides."""
+    if profile not in PROFILES:
+        raise ConfigError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
+    config = Config()
+    _apply_mapping(config.profile, PROFILES[profile], "profile")
+    if toml_path is not None:
+        path = Path(toml_path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        _apply_mapping(config, data, "")
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        set_field(config, key.strip(), raw.strip())
+    return config
+
+
+def set_field(config: Config, dotted: str, raw: str) -> None:
+    """Set one field from its dotted path and a string value, coerced to the field's type."""
+    *parents, last = dotted.split(".")
+    target: Any = config
+    for part in parents:
+        if not dataclasses.is_dataclass(target) or part not in _field_names(target):
+            raise ConfigError(f"unknown config section {dotted!r}")
+        target = getattr(target, part)
+    if not dataclasses.is_dataclass(target) or last not in _field_names(target):
+        raise ConfigError(f"unknown config field {dotted!r}")
+    hint = typing.get_type_hints(type(target))[last]
+    setattr(target, last, _coerce_text(raw, hint, dotted))
+
+
+def as_dict(config: Config) -> dict[str, Any]:
+    """The config as plain data (for logs and reports)."""
+    return dataclasses.asdict(config)
+
+
+def _field_names(obj: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(obj)}
+
+
+def _apply_mapping(target: Any, data: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(target))
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in _field_names(target):
+            raise ConfigError(f"unknown config field {dotted!r}")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted!r} is a section; give a table, not {value!r}")
+            _apply_mapping(current, value, dotted)
+        else:
+            setattr(target, key, _coerce_value(value, hints[key], dotted))
+
+
+def _coerce_value(value: Any, hint: Any, where: str) -> Any:
+    """Check a TOML value against a field's type hint (ints are accepted for floats)."""
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{where} must be one of {typing.get_args(hint)}, not {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where} must be a list, not {value!r}")
+        (item_hint, _) = typing.get_args(hint)
+        return tuple(_coerce_value(v, item_hint, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce_value(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} fits none of {hint}")
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    if hint in (int, float, str) and (not isinstance(value, hint) or isinstance(value, bool)):
+        raise ConfigError(f"{where} must be {hint.__name__}, not {value!r}")
+    return value
+
+
+def _coerce_text(raw: str, hint: Any, where: str) -> Any:
+    """Parse a command-line string for a field: as TOML when it parses, else as a bare string."""
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    if typing.get_origin(hint) is tuple and isinstance(value, str):
+        value = [v for v in value.split(",") if v]
+    if hint is str and not isinstance(value, str):
+        value = raw
+    return _coerce_value(value, hint, where)
+
+
+def add_config_arguments(parser: Any) -> None:
+    """The config flags every command shares: --profile, --config, --set."""
+    parser.add_argument("--profile", default="aimo3", choices=sorted(PROFILES))
+    parser.add_argument("--config", dest="config_file", default=None, help="TOML config file")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="override one config field (repeatable), e.g. --set solver.attempts=16",
+    )
+
+
+def config_from_args(args: Any) -> Config:
+    return load_config(args.profile, args.config_file, args.overrides)
