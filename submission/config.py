@@ -40,6 +40,9 @@ class ProfileConfig:
     gateway_module: str = "kaggle_evaluation.aimo_3_inference_server"
     gateway_class: str = "AIMO3InferenceServer"
     competition_dir: str = "/kaggle/input/ai-mathematical-olympiad-progress-prize-3"
+    # Kaggle accelerator for the kernel (kaggle_metadata.json machine_shape; AIMO-3: 1x H100,
+    # AIMO-2: 4x L4, which the Kaggle CLI calls "NvidiaL4"; "NvidiaL4X1" is a single L4).
+    machine_shape: str = "NvidiaH100"
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -51,6 +54,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gateway_module": "kaggle_evaluation.aimo_2_inference_server",
         "gateway_class": "AIMO2InferenceServer",
         "competition_dir": "/kaggle/input/ai-mathematical-olympiad-progress-prize-2",
+        "machine_shape": "NvidiaL4",
     },
 }
 
@@ -106,6 +110,9 @@ class SolverConfig:
     fallback_answer: int = 0
     # How often (s) the early-stop policy is consulted while nothing finishes.
     policy_tick_s: float = 1.0
+    # Longer problems are refused (fallback answer): 100k characters is far past the
+    # model's 32k-token context, so such input is broken, not hard.
+    max_problem_chars: int = 100_000
 
 
 @dataclass
@@ -178,6 +185,14 @@ class TrtllmEngineConfig:
     enable_block_reuse: bool = True
     # Run K attempts even when the drafter decodes greedily (identical attempts).
     allow_greedy_drafter: bool = False
+    # Sequence room the prompt and fed-back code output need beyond generation.max_tokens:
+    # an engine whose max_seq_len is below max_tokens + this is refused at start.
+    prompt_allowance_tokens: int = 1024
+    # Re-hash every engine file against the manifest at start (~30 s for 15 GB);
+    # off = check that each listed file is present.
+    verify_hashes: bool = False
+    # "auto" = the LLM API when importable, else ModelRunnerCpp; or force "llm" / "runner".
+    api: Literal["auto", "llm", "runner"] = "auto"
 
 
 @dataclass

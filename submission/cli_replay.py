@@ -1,0 +1,202 @@
+"""`python -m submission replay`: a whole run through the competition's calling convention.
+
+By default: the embedded GSM8K problems, answered by the replay engine from the
+embedded ToRA transcripts, through the built-in gateway replay (one-row polars
+Series per call, shuffled order, `submission.parquet` written as the gateway
+writes it). With `--data-dir` holding the competition's `kaggle_evaluation`,
+the real local gateway is used instead. Outputs go to `--out`: the submission,
+the attempt log, the problem table, the generations and a report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+from submission.answer import normalize_integer
+from submission.config import PACKAGE_DATA, Config, ConfigError, add_config_arguments, load_config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROBLEMS = PACKAGE_DATA / "gsm8k_first250.csv"
+REPLAY_DEFAULTS = PACKAGE_DATA / "replay_gsm8k.toml"
+
+
+class ProblemFileError(ValueError):
+    """A problem file that can't be used, with a one-line reason."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--problems",
+        type=Path,
+        default=DEFAULT_PROBLEMS,
+        help="CSV with id,problem[,answer] (default: the embedded 250 GSM8K problems)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="competition data folder; its kaggle_evaluation (if any) serves the problems",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: output.out_dir)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the gateway's shuffle")
+
+
+def read_problems(path: Path, limit: int | None = None) -> pl.DataFrame:
+    """id (String), problem (String) and, when present, answer (Int64); a clear error otherwise."""
+    if not path.is_file():
+        raise ProblemFileError(f"problem file not found: {path}")
+    try:
+        frame = pl.read_csv(path, infer_schema=False)
+    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProblemFileError(f"problem file {path} is not a readable CSV: {reason}") from None
+    missing = {"id", "problem"} - set(frame.columns)
+    if missing:
+        raise ProblemFileError(
+            f"problem file {path} lacks column(s) {sorted(missing)} (has {frame.columns})"
+        )
+    if frame["id"].null_count() or frame["id"].n_unique() != frame.height:
+        raise ProblemFileError(f"problem file {path}: ids must be present and unique")
+    if "answer" in frame.columns:
+        answers = [None if a is None else normalize_integer(a) for a in frame["answer"].to_list()]
+        frame = frame.with_columns(pl.Series("answer", answers, dtype=pl.Int64))
+    frame = frame.with_columns(pl.col("problem").fill_null(""))
+    return frame.head(limit) if limit is not None else frame
+
+
+def replay_config(args: argparse.Namespace) -> Config:
+    """The embedded replay defaults, unless a config file is given; then the --set overrides."""
+    toml = args.config_file if args.config_file is not None else REPLAY_DEFAULTS
+    return load_config(args.profile, toml, args.overrides)
+
+
+def recorded_accuracy_lines(engine: object, problems: pl.DataFrame) -> list[str]:
+    """Accuracy of each transcript file on these problems, as its authors recorded it."""
+    recordings_for = getattr(engine, "recordings_for", None)
+    if recordings_for is None or "answer" not in problems.columns:
+        return []
+    correct: dict[str, int] = {}
+    seen: dict[str, int] = {}
+    for problem, expected in problems.select("problem", "answer").iter_rows():
+        for recording in recordings_for(problem):
+            seen[recording.source] = seen.get(recording.source, 0) + 1
+            hit = expected is not None and normalize_integer(recording.predicted) == expected
+            correct[recording.source] = correct.get(recording.source, 0) + int(hit)
+    return [
+        f"Recorded accuracy of `{source}`: {correct[source]}/{n} "
+        f"({100 * correct[source] / n:.1f} %)"
+        for source, n in sorted(seen.items())
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = replay_config(args)
+        problems = read_problems(args.problems, args.limit)
+    except (ConfigError, ProblemFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out_dir = args.out or Path(config.output.out_dir)
+    from submission import gateway, kaggle
+    from submission.harness import Harness
+
+    started = time.monotonic()
+    expected = (
+        dict(zip(problems["id"], problems["answer"], strict=True))
+        if "answer" in problems.columns
+        else {}
+    )
+    with _progress(problems.height, enabled=config.output.progress) as advance:
+        harness = Harness.start(config, problems_total=problems.height, on_problem=advance)
+        try:
+            kaggle.configure(harness, config)
+            test_csv = _write_test_csv(problems, out_dir)
+            evaluation = kaggle.find_kaggle_evaluation(args.data_dir) if args.data_dir else None
+            if evaluation is not None:
+                submission_path = kaggle.run_real_local_gateway(
+                    evaluation, config, test_csv, out_dir
+                )
+            else:
+                submission_path = gateway.run_builtin_gateway(
+                    kaggle.predict, test_csv, config.profile, out_dir, seed=args.seed
+                )
+        finally:
+            harness.close()
+    harness.core.grade(expected)
+    extra = recorded_accuracy_lines(harness.core.engine, problems)
+    from submission.report import summarize, write_run_outputs
+
+    written = write_run_outputs(
+        harness.results, harness.core.history, out_dir, config.output.write_report, extra
+    )
+    _print_summary(harness, submission_path, written, extra, time.monotonic() - started)
+    return 0
+
+
+def _write_test_csv(problems: pl.DataFrame, out_dir: Path) -> Path:
+    """The gateway reads a test.csv (id, problem) as on Kaggle: answers stay with us."""
+    from submission.report import atomic_path
+
+    path = out_dir / "test.csv"
+    with atomic_path(path) as tmp:
+        problems.select("id", "problem").write_csv(tmp)
+    return path
+
+
+class _progress:
+    """A rich progress bar advanced once per solved problem (or nothing when disabled)."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total = total
+        self.enabled = enabled and sys.stderr.isatty()
+        self._progress = None
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if not self.enabled:
+            return lambda result: None
+        from rich.progress import Progress
+
+        self._progress = Progress(transient=True)
+        self._progress.start()
+        task = self._progress.add_task("solving", total=self.total)
+        return lambda result: self._progress.advance(task)  # type: ignore[union-attr]
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _print_summary(harness, submission_path, written, extra, seconds) -> None:  # type: ignore[no-untyped-def]
+    from rich.console import Console
+    from rich.table import Table
+
+    from submission.report import attempts_frame, problems_frame, summarize
+
+    s = summarize(attempts_frame(harness.results), problems_frame(harness.core.history))
+    table = Table(title="replay", show_header=False)
+    if s["graded"]:
+        table.add_row(
+            "accuracy", f"{s['correct']}/{s['graded']} ({100 * s['correct'] / s['graded']:.1f} %)"
+        )
+    for line in extra:
+        table.add_row("", line.replace("`", ""))
+    table.add_row("problems", str(s["problems"]))
+    table.add_row("wall time", f"{seconds:.1f} s")
+    table.add_row("attempts / code calls", f"{s['attempts']} / {s['code_calls']}")
+    kinds = ", ".join(f"{k}: {v}" for k, v in s["mismatch_kinds"].items()) or "none"
+    table.add_row("sandbox output != recorded", f"{s['output_mismatches']} ({kinds})")
+    table.add_row("submission", str(submission_path))
+    for name, path in written.items():
+        table.add_row(name, str(path))
+    Console().print(table)

@@ -1,0 +1,238 @@
+"""`python -m submission kaggle-metadata`: write or check kaggle_metadata.json.
+
+The file is the kernel metadata `kaggle kernels push` reads (the CLI wants it
+named `kernel-metadata.json` in the pushed folder: `--stage DIR` writes that
+folder). `--check` applies the Kaggle CLI's own rules (kaggle-api
+`kaggle_api_extended.py`, `kernels_push` and the `validate_*_string` helpers,
+as of v1.8 / Jan 2026) plus the competition's: GPU on, internet off written
+explicitly (the CLI defaults `enable_internet` to TRUE when the key is
+missing), an H100 machine shape for AIMO-3, the competition attached.
+
+`--write` fills the file from the config: code file, language, kernel type,
+GPU, internet, machine shape and competition from the profile, dataset
+sources from `/kaggle/input/<slug>` paths in the engine config; the id,
+title and other datasets are kept from the existing file or given by flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from submission.config import Config, add_config_arguments, config_from_args
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_PATH = REPO_ROOT / "kaggle_metadata.json"
+CODE_FILE = "submission/kernel.py"
+KERNEL_METADATA_FILE = "kernel-metadata.json"  # the name `kaggle kernels push -p DIR` reads
+
+# The Kaggle CLI's accepted values (kaggle_api_extended.py).
+LANGUAGES = ("python", "r", "rmarkdown")
+KERNEL_TYPES = ("script", "notebook")
+PINNING_TYPES = ("original", "latest")
+# Accelerators the Kaggle CLI docs list (docs/kernels.md, Feb 2026).
+MACHINE_SHAPES = (
+    "NvidiaTeslaP100", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem", "NvidiaTeslaA100", "NvidiaL4",
+    "NvidiaL4X1", "NvidiaH100", "NvidiaRtxPro6000", "TpuV38", "Tpu1VmV38", "TpuV5E8", "TpuV6E8",
+)  # fmt: skip
+TITLE_MIN, TITLE_MAX = 5, 50  # the CLI checks the minimum; Kaggle's site caps titles at 50
+KAGGLE_INPUT = "/kaggle/input/"
+
+
+def slugify(title: str) -> str:
+    """What python-slugify (the CLI's slugify) makes of an ASCII title."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
+def check_metadata(meta: dict[str, Any], base_dir: Path, config: Config) -> list[str]:
+    """Every rule the metadata breaks (empty: it would push and run as a submission)."""
+    errors: list[str] = []
+    title = meta.get("title")
+    if not isinstance(title, str) or not TITLE_MIN <= len(title) <= TITLE_MAX:
+        errors.append(f"title must be text of {TITLE_MIN}-{TITLE_MAX} characters, got {title!r}")
+    elif not title.isascii():
+        errors.append(f"title {title!r} is not ASCII: its slug is hard to predict")
+    code_file = meta.get("code_file")
+    if not code_file:
+        errors.append("code_file is missing")
+    elif not (base_dir / code_file).is_file():
+        errors.append(f"code_file {code_file!r} not found next to the metadata ({base_dir})")
+    slug, id_no = meta.get("id"), meta.get("id_no")
+    if not slug and not id_no:
+        errors.append("id (username/kernel-slug) or id_no is required")
+    if slug:
+        errors += _kernel_string_errors(slug, "id")
+        if isinstance(title, str) and "/" in slug and slug.split("/")[1].lower() != slugify(title):
+            errors.append(
+                f"title {title!r} slugifies to {slugify(title)!r}, not the id's slug "
+                f"{slug.split('/')[1]!r} (the CLI warns; Kaggle may create a new kernel)"
+            )
+    if meta.get("language") not in LANGUAGES:
+        errors.append(f"language must be one of {LANGUAGES}, got {meta.get('language')!r}")
+    if meta.get("kernel_type") not in KERNEL_TYPES:
+        errors.append(f"kernel_type must be one of {KERNEL_TYPES}, got {meta.get('kernel_type')!r}")
+    for key in ("is_private", "enable_gpu", "enable_tpu", "enable_internet"):
+        if key in meta and _as_bool(meta[key]) is None:
+            errors.append(f"{key} must be true/false (or 'true'/'false'), got {meta[key]!r}")
+    if "enable_internet" not in meta:
+        errors.append("enable_internet must be written (false): the CLI defaults it to true")
+    elif _as_bool(meta["enable_internet"]) is not False:
+        errors.append("enable_internet must be false: competition submissions run offline")
+    if _as_bool(meta.get("enable_gpu", False)) is not True:
+        errors.append("enable_gpu must be true")
+    shape = meta.get("machine_shape")
+    if shape not in MACHINE_SHAPES:
+        errors.append(f"machine_shape {shape!r} is not one of {MACHINE_SHAPES}")
+    elif shape != config.profile.machine_shape:
+        errors.append(
+            f"machine_shape {shape!r} differs from profile {config.profile.name}'s "
+            f"{config.profile.machine_shape!r}"
+        )
+    for source in _list(meta, "dataset_sources", errors):
+        parts = source.split("/") if isinstance(source, str) else []
+        if len(parts) not in (2, 3) or not all(parts[:2]):
+            errors.append(f"dataset source {source!r} is not username/dataset-slug[/version]")
+    for source in _list(meta, "kernel_sources", errors):
+        errors += _kernel_string_errors(source, "kernel source")
+    for source in _list(meta, "model_sources", errors):
+        # The CLI accepts exactly one '/', although its docs show longer model handles.
+        if not isinstance(source, str) or source.count("/") != 1 or not all(source.split("/")):
+            errors.append(f"model source {source!r} is not owner/model-slug (the CLI's rule)")
+    competitions = _list(meta, "competition_sources", errors)
+    competition = Path(config.profile.competition_dir).name
+    if competition not in competitions:
+        errors.append(f"competition_sources must include {competition!r}, got {competitions}")
+    pinning = meta.get("docker_image_pinning_type")
+    if pinning is not None and pinning not in PINNING_TYPES:
+        errors.append(f"docker_image_pinning_type must be one of {PINNING_TYPES}")
+    return errors
+
+
+def metadata_from_config(
+    config: Config,
+    existing: dict[str, Any],
+    kernel_id: str | None = None,
+    title: str | None = None,
+    datasets: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The metadata for this config: fixed fields from the config, the rest kept or given."""
+    meta = dict(existing)
+    meta["id"] = kernel_id or meta.get("id")
+    owner = str(meta["id"]).split("/")[0] if meta.get("id") else None
+    meta["title"] = title or meta.get("title")
+    meta["code_file"] = CODE_FILE
+    meta["language"] = "python"
+    meta["kernel_type"] = "script"
+    meta["is_private"] = True
+    meta["enable_gpu"] = True
+    meta["enable_internet"] = False
+    meta["machine_shape"] = config.profile.machine_shape
+    meta["competition_sources"] = [Path(config.profile.competition_dir).name]
+    sources = list(meta.get("dataset_sources", [])) + list(datasets)
+    for slug in config_dataset_slugs(config):
+        if owner is None:
+            log.warning("dataset %r is in the config, but no id gives its owner", slug)
+        elif not any(s.split("/")[1:2] == [slug] for s in sources):
+            sources.append(f"{owner}/{slug}")
+    meta["dataset_sources"] = list(dict.fromkeys(sources))
+    meta.setdefault("kernel_sources", [])
+    meta.setdefault("model_sources", [])
+    return meta
+
+
+def config_dataset_slugs(config: Config) -> list[str]:
+    """Dataset slugs named by /kaggle/input/<slug>/... paths in the engine config."""
+    engine = config.engine
+    paths = [engine.trtllm.engine_dir, engine.trtllm.tokenizer_dir, engine.hf.model]
+    slugs = [p[len(KAGGLE_INPUT) :].split("/")[0] for p in paths if p.startswith(KAGGLE_INPUT)]
+    return list(dict.fromkeys(s for s in slugs if s))
+
+
+def stage(meta: dict[str, Any], base_dir: Path, folder: Path) -> Path:
+    """A folder `kaggle kernels push -p FOLDER` accepts: kernel-metadata.json + the code file."""
+    folder.mkdir(parents=True, exist_ok=True)
+    code = base_dir / meta["code_file"]
+    shutil.copy2(code, folder / code.name)
+    staged = dict(meta, code_file=code.name)
+    path = folder / KERNEL_METADATA_FILE
+    path.write_text(json.dumps(staged, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _kernel_string_errors(value: Any, what: str) -> list[str]:
+    parts = value.split("/") if isinstance(value, str) else []
+    if len(parts) < 2 or not parts[0] or not parts[1]:
+        return [f"{what} {value!r} is not username/kernel-slug"]
+    if len(parts[1]) < 5:
+        return [f"{what} {value!r}: the kernel slug must be at least five characters"]
+    return []
+
+
+def _as_bool(value: Any) -> bool | None:
+    """The CLI's get_bool: a bool, or the strings 'true'/'false' in any case."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return None
+
+
+def _list(meta: dict[str, Any], key: str, errors: list[str]) -> list[Any]:
+    value = meta.get(key, [])
+    if not isinstance(value, list):
+        errors.append(f"{key} must be a list, got {value!r}")
+        return []
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--path", type=Path, default=DEFAULT_PATH, help="the metadata file")
+    parser.add_argument("--check", action="store_true", help="validate (exit 1 on any error)")
+    parser.add_argument("--write", action="store_true", help="fill the file from the config")
+    parser.add_argument("--id", dest="kernel_id", default=None, help="username/kernel-slug")
+    parser.add_argument("--title", default=None, help="kernel title (slugifies to the id's slug)")
+    parser.add_argument(
+        "--dataset", action="append", default=[], help="add a dataset source (repeatable)"
+    )
+    parser.add_argument("--stage", type=Path, default=None, help="write a push folder here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    console = Console()
+    config = config_from_args(args)
+    path: Path = args.path
+    try:
+        existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except json.JSONDecodeError as exc:
+        console.print(f"[red]{path} is not valid JSON: {exc}[/red]")
+        return 1
+    meta = existing
+    if args.write:
+        meta = metadata_from_config(
+            config, existing, args.kernel_id, args.title, tuple(args.dataset)
+        )
+        path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        console.print(f"wrote {path}")
+    if not meta:
+        console.print(
+            f"[red]{path} is missing; write it with --write --id USER/SLUG --title T[/red]"
+        )
+        return 1
+    errors = check_metadata(meta, path.parent, config)
+    for error in errors:
+        console.print(f"[red]error[/red]: {error}")
+    if args.stage is not None and not errors:
+        console.print(f"staged {stage(meta, path.parent, args.stage)}")
+    if not errors:
+        console.print(f"{path}: ok for profile {config.profile.name}")
+    return 1 if errors and (args.check or args.stage) else 0

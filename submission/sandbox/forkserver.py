@@ -1,0 +1,267 @@
+"""The warm parent: imports the math stack once, then forks one process per session.
+
+Started by `Sandbox` as a fresh interpreter (`python -m submission.sandbox.forkserver`),
+so it never inherits CUDA or MPI state from the harness. It serves requests on
+one socket from the harness, one at a time:
+
+- ``spawn`` (with three descriptors: the session's channel, stdout and stderr
+  pipe ends) forks a session process: new process group, its own working
+  directory, resource limits, no GPU, an unprivileged user when run as root;
+- ``kill`` kills a session's whole process tree, reaps it and reports how it ended.
+
+It is a child subreaper, so processes orphaned by a session come back to it,
+and it kills every child that is not a live session. When the harness goes
+away (channel closed) it kills all sessions and exits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import json
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+import time
+from typing import Any
+
+import psutil
+
+from submission.sandbox import protocol, repl
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+LOG = logging.getLogger("submission.sandbox.forkserver")
+
+
+def main() -> None:
+    """Entry point: argv[1] is the channel's descriptor, argv[2] the JSON settings."""
+    logging.basicConfig(level=logging.WARNING, format="forkserver: %(message)s")
+    channel = socket.socket(fileno=int(sys.argv[1]))
+    settings = json.loads(sys.argv[2])
+    failed = _preload(settings["preload"])
+    display = repl.display_formatter()
+    path_fds = _reachable_import_paths() if settings.get("uid") is not None else {}
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    sessions: set[int] = set()
+    protocol.send(channel, {"ready": True, "failed_preloads": failed})
+    while True:
+        try:
+            request, fds = protocol.recv(channel, max_fds=3)
+        except (protocol.ProtocolError, OSError):
+            break
+        op = request.get("op")
+        if op == "spawn" and len(fds) == 3:
+            pid = _spawn(request, fds, channel, display, path_fds)
+            for fd in fds:
+                os.close(fd)
+            sessions.add(pid)
+            reply: dict[str, Any] = {"pid": pid}
+        elif op == "kill":
+            pid = int(request["pid"])
+            reply = (
+                _kill_session(pid, float(request.get("grace_s", 0.0))) if pid in sessions else {}
+            )
+            sessions.discard(pid)
+        else:
+            for fd in fds:
+                os.close(fd)
+            reply = {"error": f"bad request {op!r}"}
+        _kill_orphans(sessions)
+        protocol.send(channel, reply)
+    for pid in list(sessions):
+        _kill_session(pid, 0.0)
+    _kill_orphans(set())
+
+
+def _preload(modules: list[str]) -> list[str]:
+    """Import the warm modules; a missing one is reported, not fatal."""
+    failed = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # any import failure only costs warmth
+            LOG.warning("cannot preload %s: %s", name, exc)
+            failed.append(name)
+    return failed
+
+
+def _reachable_import_paths() -> dict[str, int]:
+    """Keep the interpreter's files importable after the privilege drop.
+
+    The interpreter may live under a directory the unprivileged user cannot
+    enter (pyenv under /root here). Descriptors opened now as root, reached as
+    /proc/self/fd/N, skip the check on those ancestors; sys.path and every loaded
+    package's __path__ are rewritten to go through them. Returns them by
+    directory; every session process inherits them.
+    """
+    fds: dict[str, int] = {}
+
+    def through_fd(path: str) -> str:
+        for root, fd in fds.items():
+            if path == root or path.startswith(root + os.sep):
+                return f"/proc/self/fd/{fd}{path[len(root) :]}"
+        return path
+
+    for entry in sys.path:
+        if entry and os.path.isdir(entry) and not _world_reachable(entry):
+            fds[entry] = os.open(entry, os.O_PATH | os.O_DIRECTORY)
+    if not fds:
+        return {}
+    sys.path[:] = [through_fd(p) for p in sys.path]
+    for module in list(sys.modules.values()):
+        package_path = getattr(module, "__path__", None)
+        if package_path is not None:
+            with contextlib.suppress(AttributeError, TypeError):
+                module.__path__ = [through_fd(p) for p in package_path]
+    sys.path_importer_cache.clear()
+    return fds
+
+
+def _world_reachable(path: str) -> bool:
+    """Whether any user may walk down to `path` (every ancestor has o+x)."""
+    current = os.path.abspath(path)
+    while True:
+        if not os.stat(current).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
+
+
+def _spawn(
+    request: dict[str, Any],
+    fds: list[int],
+    server_channel: socket.socket,
+    display: Any,
+    path_fds: dict[str, int],
+) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    # The session process: never return into the server's loop.
+    try:
+        _become_session(request, fds, server_channel, keep=list(path_fds.values()))
+        channel = socket.socket(fileno=fds[0])
+        path_map = {root: f"/proc/self/fd/{fd}" for root, fd in path_fds.items()}
+        repl.serve(channel, fds[1], fds[2], display, path_map)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            os.write(2, f"session setup failed: {exc!r}\n".encode())
+        os._exit(70)
+    os._exit(0)
+
+
+def _become_session(
+    request: dict[str, Any], fds: list[int], server_channel: socket.socket, keep: list[int]
+) -> None:
+    server_pid = os.getppid()
+    for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    os.setsid()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:  # the server died between fork and prctl
+        os._exit(0)
+    # Orphans of this session's children stay in its tree, where `kill` finds them.
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    server_channel.detach()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fds[1], 1)
+    os.dup2(fds[2], 2)
+    _close_all_but({0, 1, 2, *fds, *keep})
+    workdir = request["workdir"]
+    os.chdir(workdir)
+    os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PWD": workdir})
+    limits = request["limits"]
+    for name, value in limits.items():
+        resource.setrlimit(getattr(resource, name), (value, value))
+    uid, gid = request.get("uid"), request.get("gid")
+    if uid is not None and gid is not None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115 (fd 0 outlives it)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def _kill_session(pid: int, grace_s: float) -> dict[str, Any]:
+    """Kill the session's process tree and reap it; report its exit code or signal."""
+    deadline = time.monotonic() + grace_s
+    status = _try_reap(pid)
+    while status is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+        status = _try_reap(pid)
+    _kill_tree(pid)
+    if status is None:
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(pid, 0)
+    if status is None:
+        return {}
+    if os.WIFSIGNALED(status):
+        return {"signal": os.WTERMSIG(status)}
+    return {"exit_code": os.WEXITSTATUS(status)}
+
+
+def _try_reap(pid: int) -> int | None:
+    try:
+        reaped, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return status if reaped else None
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL the session's process group and every descendant (setsid escapees too)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    for proc in descendants:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _kill_orphans(sessions: set[int]) -> None:
+    """Kill and reap every child of the server that is not a live session."""
+    for _ in range(100):
+        try:
+            orphans = [p for p in psutil.Process().children() if p.pid not in sessions]
+        except psutil.Error:
+            return
+        if not orphans:
+            return
+        for proc in orphans:
+            with contextlib.suppress(psutil.Error):
+                for child in proc.children(recursive=True):
+                    child.kill()
+                proc.kill()
+        for proc in orphans:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(proc.pid, 0)
+
+
+def _prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""The read-execute loop inside a session process: IPython-like cells on one namespace.
+
+A cell's final bare expression is displayed the way IPython displays it, and
+errors are shown as IPython's plain traceback (mode "Plain", no colours) with
+the harness's own frames removed, every cell labelled ``Cell In[1]`` as in the
+NeMo-Skills sandbox the OpenMath models were trained with.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import contextlib
+import io
+import itertools
+import linecache
+import os
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from submission.sandbox import protocol
+
+CELL_LABEL = "Cell In[1]"
+_CELL_PREFIX = "<sandbox-cell-"
+# Read at import, in the fork server: sessions get their own HOME.
+_HOME = os.path.expanduser("~")
+_SYSTEM_EXIT_NOTE = "An exception has occurred, use %tb to see the full traceback.\n\n"
+
+
+def display_formatter() -> Callable[[Any], str]:
+    """IPython's plain-text display formatter when IPython is installed, else pprint."""
+    try:
+        from IPython.core.formatters import PlainTextFormatter
+    except ImportError:
+        import pprint
+
+        return lambda value: pprint.pformat(value, sort_dicts=False)
+    return PlainTextFormatter()
+
+
+def serve(
+    channel: socket.socket,
+    out_fd: int,
+    err_fd: int,
+    display: Callable[[Any], str],
+    path_map: dict[str, str],
+) -> None:
+    """Answer `{"code": ...}` requests with `{"status": ...}` until the channel closes.
+
+    `out_fd` and `err_fd` are private copies of the capture pipes: before each
+    cell they are put back on fds 1 and 2, so a cell that closed or redirected
+    them breaks only itself. `path_map` maps directories the session cannot
+    enter to /proc/self/fd paths it can (for library source in tracebacks).
+    """
+    namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    for count in itertools.count(1):
+        try:
+            request, _ = protocol.recv(channel)
+        except (protocol.ProtocolError, OSError):
+            os._exit(0)
+        _restore_std_streams(out_fd, err_fd)
+        status = run_cell(str(request.get("code", "")), namespace, count, display, path_map)
+        for stream in (sys.__stdout__, sys.__stderr__):
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+        try:
+            protocol.send(channel, {"status": status})
+        except OSError:
+            os._exit(0)
+
+
+def run_cell(
+    code: str,
+    namespace: dict[str, Any],
+    count: int,
+    display: Callable[[Any], str],
+    path_map: dict[str, str] | None = None,
+) -> str:
+    """Execute one cell; print the displayed value to stdout, a traceback to stderr."""
+    filename = f"{_CELL_PREFIX}{count}>"
+    linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
+    try:
+        tree = ast.parse(code, filename=filename)
+    except (SyntaxError, ValueError) as exc:  # ValueError: source with null bytes
+        # IPython shows a cell that does not compile without a traceback header.
+        sys.stderr.write(_format_exception_only(exc))
+        return "error"
+    shown: ast.Expression | None = None
+    if tree.body and isinstance(tree.body[-1], ast.Expr) and not _ends_with_semicolon(code):
+        shown = ast.Expression(tree.body.pop().value)
+    try:
+        exec(compile(tree, filename, "exec"), namespace)
+        if shown is not None:
+            value = eval(compile(shown, filename, "eval"), namespace)
+            if value is not None:
+                print(display(value))
+    except SystemExit as exc:
+        sys.stderr.write(_SYSTEM_EXIT_NOTE + _format_exception_only(exc))
+        return "error"
+    except BaseException as exc:
+        sys.stderr.write(_format_exception(exc, path_map or {}))
+        return "error"
+    return "ok"
+
+
+def _ends_with_semicolon(code: str) -> bool:
+    lines = [line for line in code.rstrip().splitlines() if line.strip()]
+    return bool(lines) and lines[-1].split("#")[0].rstrip().endswith(";")
+
+
+def _format_exception(exc: BaseException, path_map: dict[str, str]) -> str:
+    """IPython's plain traceback text, chained exceptions included, harness frames dropped."""
+    te = traceback.TracebackException.from_exception(exc)
+    return "".join(_format_one(link, path_map) for link in _chain(te))
+
+
+def _chain(te: traceback.TracebackException) -> list[traceback.TracebackException | _Note]:
+    """Oldest cause first, the way Python and IPython print a chain."""
+    chain: list[traceback.TracebackException] = []
+    node: traceback.TracebackException | None = te
+    while node is not None and len(chain) < 32:
+        chain.append(node)
+        if node.__cause__ is not None:
+            node = node.__cause__
+        elif node.__context__ is not None and not node.__suppress_context__:
+            node = node.__context__
+        else:
+            node = None
+    chain.reverse()
+    out: list[traceback.TracebackException | _Note] = []
+    for index, link in enumerate(chain):
+        out.append(link)
+        if index + 1 < len(chain):
+            nxt = chain[index + 1]
+            note = (
+                "\nThe above exception was the direct cause of the following exception:\n"
+                if nxt.__cause__ is not None
+                else "\nDuring handling of the above exception, another exception occurred:\n"
+            )
+            out.append(_Note(note))
+    return out
+
+
+class _Note:
+    """A line between two exceptions of a chain."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _format_one(link: traceback.TracebackException | _Note, path_map: dict[str, str]) -> str:
+    if isinstance(link, _Note):
+        return link.text
+    frames = [f for f in link.stack if not _is_harness_file(f.filename)]
+    lines: list[str] = []
+    if frames:
+        lines.append("Traceback (most recent call last):\n")
+        for frame in frames:
+            lines.append(_frame_header(frame.filename, frame.lineno, frame.name))
+            source = frame.line or _library_line(frame.filename, frame.lineno, path_map)
+            if source:
+                lines.append(f"    {source.strip()}\n")
+    lines.append(_format_exception_only_te(link))
+    return "".join(lines)
+
+
+def _frame_header(filename: str, lineno: int | None, name: str) -> str:
+    if filename.startswith(_CELL_PREFIX):
+        where = f"  {CELL_LABEL}, line {lineno}"
+        return where + ("\n" if name == "<module>" else f" in {name}\n")
+    return f"  File {_short_path(filename)}:{lineno} in {name}\n"
+
+
+def _format_exception_only(exc: BaseException) -> str:
+    return _format_exception_only_te(traceback.TracebackException.from_exception(exc))
+
+
+def _format_exception_only_te(te: traceback.TracebackException) -> str:
+    text = "".join(te.format_exception_only())
+    if te.exc_type is not None and issubclass(te.exc_type, SyntaxError) and te.filename:
+        shown = CELL_LABEL if te.filename.startswith(_CELL_PREFIX) else _short_path(te.filename)
+        text = text.replace(
+            f'  File "{te.filename}", line {te.lineno}', f"  {shown}, line {te.lineno}"
+        )
+    return text
+
+
+def _library_line(filename: str, lineno: int | None, path_map: dict[str, str]) -> str:
+    """A source line from a file the session can only reach through /proc/self/fd."""
+    for root, reachable in path_map.items():
+        if lineno and filename.startswith(root + os.sep):
+            return linecache.getline(reachable + filename[len(root) :], lineno)
+    return ""
+
+
+def _short_path(filename: str) -> str:
+    """The path as IPython prints it: the harness user's home shown as ~."""
+    home = _HOME
+    return "~" + filename[len(home) :] if home != "/" and filename.startswith(home) else filename
+
+
+def _is_harness_file(filename: str) -> bool:
+    return filename == __file__ or filename.startswith("<frozen ")
+
+
+def _restore_std_streams(out_fd: int, err_fd: int) -> None:
+    """Put the capture pipes back on fds 0-2 and fresh text streams on sys.std*."""
+    os.dup2(out_fd, 1)
+    os.dup2(err_fd, 2)
+    try:
+        os.fstat(0)
+    except OSError:
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != 0:
+            os.dup2(null, 0)
+            os.close(null)
+    if not _is_healthy(sys.__stdout__, 1):
+        sys.__stdout__ = _text_stream(1)
+    if not _is_healthy(sys.__stderr__, 2):
+        sys.__stderr__ = _text_stream(2)
+    sys.stdout = sys.__stdout__
+    sys.stderr = sys.__stderr__
+    sys.stdin = sys.__stdin__
+
+
+def _is_healthy(stream: Any, fd: int) -> bool:
+    try:
+        return stream is not None and not stream.closed and stream.fileno() == fd
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _text_stream(fd: int) -> io.TextIOWrapper:
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(raw, encoding="utf-8", errors="backslashreplace", line_buffering=True)

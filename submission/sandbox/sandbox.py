@@ -1,0 +1,399 @@
+"""The harness side of the sandbox: sessions by name, calls with deadlines, bounded capture.
+
+`Sandbox(...)` starts the fork server (a fresh interpreter, see forkserver.py)
+right away, so construct it before importing CUDA or TensorRT-LLM. Each
+session is one forked process; the harness talks to it over a socket and reads
+its stdout and stderr from pipes, keeping only the first `max_output_chars`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import functools
+import json
+import logging
+import os
+import pwd
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from submission.sandbox import protocol
+from submission.sandbox.result import BoundedCapture, ExecResult, Status
+
+if TYPE_CHECKING:
+    from submission.config import Config
+
+LOG = logging.getLogger(__name__)
+_READ_CHUNK = 1 << 16
+_MB = 1024 * 1024
+# Signals that mean "a limit or someone stopped it" rather than "it broke".
+_KILL_SIGNALS = {signal.SIGKILL, signal.SIGXCPU, signal.SIGXFSZ}
+DEFAULT_PRELOAD = ("math", "numpy", "sympy", "itertools", "fractions", "functools", "collections")
+
+
+class SandboxError(RuntimeError):
+    """The sandbox machinery itself failed (not the code it ran)."""
+
+
+@dataclass
+class _Session:
+    """One live session process and the harness's ends of its channel and pipes."""
+
+    name: str
+    pid: int
+    channel: socket.socket
+    stdout_fd: int
+    stderr_fd: int
+    workdir: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def close_fds(self) -> None:
+        self.channel.close()
+        for fd in (self.stdout_fd, self.stderr_fd):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class Sandbox:
+    """Stateful, isolated Python sessions (one process each) for the model's code."""
+
+    def __init__(
+        self,
+        *,
+        memory_mb: int = 4096,
+        cpu_time_s: int = 60,
+        file_size_mb: int = 64,
+        open_files: int = 256,
+        max_processes: int = 64,
+        unprivileged_user: str | None = "nobody",
+        preload: Sequence[str] = DEFAULT_PRELOAD,
+        max_output_chars: int = 1000,
+        truncation_marker: str = "<output cut>",
+        max_concurrent_calls: int = 64,
+    ) -> None:
+        self.max_output_chars = max_output_chars
+        self.truncation_marker = truncation_marker
+        self._limits = {
+            "RLIMIT_AS": memory_mb * _MB,
+            "RLIMIT_CPU": cpu_time_s,
+            "RLIMIT_FSIZE": file_size_mb * _MB,
+            "RLIMIT_NOFILE": open_files,
+        }
+        self._user = _unprivileged_ids(unprivileged_user)
+        if self._user is not None:
+            self._limits["RLIMIT_NPROC"] = max_processes
+        self._preload = list(preload)
+        self._sessions: dict[str, _Session] = {}
+        self._sessions_lock = threading.Lock()
+        self._server_lock = threading.Lock()
+        self._closed = False
+        self._executor = ThreadPoolExecutor(max_concurrent_calls, thread_name_prefix="sandbox")
+        self._server: subprocess.Popen[bytes] | None = None
+        self._server_channel: socket.socket | None = None
+        self._server_ready = False
+        self._start_server()
+
+    @classmethod
+    def from_config(cls, config: Config) -> Sandbox:
+        """A sandbox with the limits of `config.sandbox` and the output cut of `config.tir`."""
+        sc = config.sandbox
+        return cls(
+            memory_mb=sc.memory_mb,
+            cpu_time_s=sc.cpu_time_s,
+            file_size_mb=sc.file_size_mb,
+            open_files=sc.open_files,
+            max_processes=sc.max_processes,
+            unprivileged_user=sc.unprivileged_user or None,
+            preload=sc.preload,
+            max_output_chars=config.tir.max_output_chars,
+            truncation_marker=config.tir.truncation_marker,
+        )
+
+    # -- public API -----------------------------------------------------------------------
+
+    def run(self, code: str, session: str = "default", timeout: float = 10.0) -> ExecResult:
+        """Run `code` in the named session (created on first use); never raises for bad code."""
+        start = time.monotonic()
+        if self._closed:
+            raise SandboxError("sandbox is closed")
+        sess = self._session(session)
+        with sess.lock:
+            status, stdout, stderr, ended = self._execute(sess, code, start + timeout)
+        if status in ("timeout", "killed", "crashed"):
+            info = self._discard(sess, grace_s=0.0 if status == "timeout" else 0.2)
+            if status != "timeout":
+                status = _death_status(info)
+            note = _restart_note(status, timeout, info)
+            stderr.feed((note if stderr.ends_with_newline else "\n" + note).encode())
+        return ExecResult(
+            stdout=stdout.text(),
+            stderr=stderr.text(),
+            status=status,
+            seconds=ended - start,
+        )
+
+    async def arun(self, code: str, session: str = "default", timeout: float = 10.0) -> ExecResult:
+        """`run` on a worker thread; cancelling the task kills the session (it is not reused)."""
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(
+            self._executor, functools.partial(self.run, code, session, timeout)
+        )
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            self.close_session(session)
+            raise
+
+    def close_session(self, session: str) -> None:
+        """Kill the session's processes and remove its directory; unknown names are ignored."""
+        with self._sessions_lock:
+            sess = self._sessions.get(session)
+        if sess is not None:
+            self._discard(sess, grace_s=0.0)
+
+    def close(self) -> None:
+        """Kill every session and the fork server."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._sessions_lock:
+            sessions = list(self._sessions.values())
+        for sess in sessions:
+            self._discard(sess, grace_s=0.0)
+        self._stop_server()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def _session(self, name: str) -> _Session:
+        with self._sessions_lock:
+            sess = self._sessions.get(name)
+        if sess is not None:
+            return sess
+        sess = self._spawn(name)
+        with self._sessions_lock:
+            existing = self._sessions.setdefault(name, sess)
+        if existing is not sess:  # another thread created it first
+            self._discard(sess, grace_s=0.0)
+        return existing
+
+    def _spawn(self, name: str) -> _Session:
+        workdir = tempfile.mkdtemp(prefix="aimo-sandbox-")
+        if self._user is not None:
+            os.chown(workdir, *self._user)
+        parent_channel, child_channel = socket.socketpair()
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        for fd in (out_r, err_r):
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        request = {"op": "spawn", "workdir": workdir, "limits": self._limits}
+        if self._user is not None:
+            request["uid"], request["gid"] = self._user
+        try:
+            reply = self._server_request(request, [child_channel.fileno(), out_w, err_w])
+        finally:
+            child_channel.close()
+            os.close(out_w)
+            os.close(err_w)
+        if "pid" not in reply:
+            parent_channel.close()
+            os.close(out_r)
+            os.close(err_r)
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise SandboxError(f"fork server could not start a session: {reply}")
+        return _Session(name, int(reply["pid"]), parent_channel, out_r, err_r, workdir)
+
+    def _discard(self, sess: _Session, grace_s: float) -> dict[str, Any]:
+        """Forget the session, kill its processes, remove its directory; how it ended."""
+        with self._sessions_lock:
+            if self._sessions.get(sess.name) is sess:
+                del self._sessions[sess.name]
+        try:
+            info = self._server_request({"op": "kill", "pid": sess.pid, "grace_s": grace_s})
+        except SandboxError:
+            info = {}
+        sess.close_fds()
+        shutil.rmtree(sess.workdir, ignore_errors=True)
+        return info
+
+    # -- one call ---------------------------------------------------------------------------
+
+    def _execute(
+        self, sess: _Session, code: str, deadline: float
+    ) -> tuple[Status, BoundedCapture, BoundedCapture, float]:
+        stdout = BoundedCapture(self.max_output_chars, self.truncation_marker)
+        stderr = BoundedCapture(self.max_output_chars, self.truncation_marker)
+        # Output left over from processes a previous call started is not this call's.
+        _drain(sess.stdout_fd, None)
+        _drain(sess.stderr_fd, None)
+        try:
+            sess.channel.sendall(protocol.encode({"code": code}))
+        except OSError:
+            return "crashed", stdout, stderr, time.monotonic()
+        reader = protocol.MessageReader()
+        poller = select.poll()
+        captures = {sess.stdout_fd: stdout, sess.stderr_fd: stderr}
+        for fd in (sess.channel.fileno(), *captures):
+            poller.register(fd, select.POLLIN)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _drain(sess.stdout_fd, stdout)
+                _drain(sess.stderr_fd, stderr)
+                return "timeout", stdout, stderr, time.monotonic()
+            for fd, _ in poller.poll(max(1, int(remaining * 1000 + 1))):
+                if fd in captures:
+                    if not _drain(fd, captures[fd]):
+                        poller.unregister(fd)
+                    continue
+                try:
+                    data = sess.channel.recv(_READ_CHUNK)
+                    reply = reader.feed(data) if data else None
+                except (OSError, protocol.ProtocolError):
+                    data, reply = b"", None
+                if reply is not None or not data:
+                    ended = time.monotonic()
+                    _drain(sess.stdout_fd, stdout)
+                    _drain(sess.stderr_fd, stderr)
+                    status = reply.get("status") if reply else None
+                    if status in ("ok", "error"):
+                        return status, stdout, stderr, ended
+                    return "crashed", stdout, stderr, ended
+
+    # -- the fork server --------------------------------------------------------------------
+
+    def _start_server(self) -> None:
+        ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        env.update(
+            {
+                # No GPU for the model's code; single-threaded BLAS is fork-safe.
+                "CUDA_VISIBLE_DEVICES": "",
+                "OPENBLAS_NUM_THREADS": "1",
+                "OMP_NUM_THREADS": "1",
+                "MKL_NUM_THREADS": "1",
+                "PYTHONPATH": os.pathsep.join(
+                    p for p in (str(Path(__file__).parents[2]), env.get("PYTHONPATH")) if p
+                ),
+            }
+        )
+        settings = {"preload": self._preload, "uid": self._user and self._user[0]}
+        self._server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "submission.sandbox.forkserver",
+                str(theirs.fileno()),
+                json.dumps(settings),
+            ],
+            pass_fds=[theirs.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        theirs.close()
+        self._server_channel = ours
+        self._server_ready = False
+
+    def _server_request(
+        self, request: dict[str, Any], fds: list[int] | None = None
+    ) -> dict[str, Any]:
+        with self._server_lock:
+            if self._server_channel is None:
+                raise SandboxError("fork server is not running")
+            try:
+                if not self._server_ready:
+                    hello, _ = protocol.recv(self._server_channel)
+                    if hello.get("failed_preloads"):
+                        LOG.warning("sandbox could not preload %s", hello["failed_preloads"])
+                    self._server_ready = True
+                protocol.send(self._server_channel, request, fds)
+                reply, _ = protocol.recv(self._server_channel)
+            except (OSError, protocol.ProtocolError) as exc:
+                raise SandboxError(f"fork server failed: {exc}") from exc
+            return reply
+
+    def _stop_server(self) -> None:
+        if self._server_channel is not None:
+            self._server_channel.close()
+            self._server_channel = None
+        if self._server is not None:
+            try:
+                self._server.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._server.kill()
+                self._server.wait()
+
+
+def _drain(fd: int, capture: BoundedCapture | None) -> bool:
+    """Read everything available now; False once the pipe is closed."""
+    while True:
+        try:
+            data = os.read(fd, _READ_CHUNK)
+        except BlockingIOError:
+            return True
+        except OSError as exc:
+            if exc.errno == errno.EINTR:
+                continue
+            return False
+        if not data:
+            return False
+        if capture is not None:
+            capture.feed(data)
+
+
+def _unprivileged_ids(user: str | None) -> tuple[int, int] | None:
+    """(uid, gid) to drop to, or None when not root or no user is configured."""
+    if not user or os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise SandboxError(f"sandbox user {user!r} does not exist") from None
+    return entry.pw_uid, entry.pw_gid
+
+
+def _death_status(info: dict[str, Any]) -> Status:
+    sig = info.get("signal")
+    return "killed" if sig is not None and sig in _KILL_SIGNALS else "crashed"
+
+
+def _restart_note(status: Status, timeout: float, info: dict[str, Any]) -> str:
+    gone = "the session was restarted, earlier variables are gone"
+    if status == "timeout":
+        return f"TimeoutError: execution exceeded {timeout:g} s; {gone}\n"
+    if "signal" in info:
+        name = signal.Signals(info["signal"]).name
+        why = {
+            "SIGXCPU": "CPU time limit",
+            "SIGXFSZ": "file size limit",
+            "SIGKILL": "killed, e.g. out of memory",
+        }.get(name, name)
+        return f"The Python process died ({why}); {gone}\n"
+    return f"The Python process exited (code {info.get('exit_code', '?')}); {gone}\n"

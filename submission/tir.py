@@ -1,0 +1,143 @@
+"""One attempt: generate -> stop at code end -> run the code -> feed its output back -> ...
+
+The loop ends at the end of the model's text, a complete \\boxed{} answer, max
+tokens, the code-call limit, an engine error, or cancellation by the solver
+(early stop or deadline). Whatever happens, the attempt's record is final when
+`run_attempt` returns or is cancelled.
+
+Per chunk the loop does constant work: it appends the chunk and looks for a
+box only in a short tail, so the cost never grows with the length of the text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from submission.answer import AnswerRange, extract_answer, last_boxed
+from submission.config import TirConfig
+from submission.engines.base import Chunk, Engine, SamplingParams
+from submission.prompt import CodeTags
+from submission.records import AttemptRecord
+
+log = logging.getLogger(__name__)
+
+# How much recent text the per-chunk box check looks at (a boxed integer is short).
+_BOX_TAIL_CHARS = 256
+
+
+class CodeRunner(Protocol):
+    """The part of the Sandbox seam an attempt needs."""
+
+    async def arun(self, code: str, session: str, timeout: float) -> _ExecResultLike: ...
+
+
+class _ExecResultLike(Protocol):
+    status: str
+
+    @property
+    def output(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class TirLoop:
+    """Runs attempts for one engine, sandbox and set of code tags."""
+
+    engine: Engine
+    sandbox: CodeRunner
+    tags: CodeTags
+    config: TirConfig
+    answer_range: AnswerRange
+
+    async def run_attempt(
+        self, record: AttemptRecord, prompt: str, params: SamplingParams, session: str
+    ) -> None:
+        """Run one attempt to its end, filling `record` as it goes."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        parts: list[str] = []
+        stops = params.stop if self.tags.stop in params.stop else (*params.stop, self.tags.stop)
+        try:
+            while record.finish_reason is None:
+                remaining = params.max_tokens - record.tokens
+                if remaining <= 0:
+                    record.finish_reason = "length"
+                    break
+                round_params = replace(params, max_tokens=remaining, stop=stops)
+                round_start = len(parts)
+                final = await self._generate_round(
+                    record, prompt + "".join(parts), round_params, parts
+                )
+                if final is None:  # a complete \boxed{} answer: done
+                    record.finish_reason = "boxed"
+                elif final.finish_reason == "stop" and final.stop == self.tags.stop:
+                    await self._run_code(record, parts, round_start, final, session)
+                elif final.finish_reason == "error":
+                    record.finish_reason = "error"
+                    record.error_message = final.error
+                else:
+                    record.finish_reason = final.finish_reason or "stop"
+        finally:
+            if record.finish_reason is None:
+                record.finish_reason = "cancelled"
+            record.text = "".join(parts)
+            record.answer = self.answer_range.apply(extract_answer(record.text))
+            record.time_s = loop.time() - started
+
+    async def _generate_round(
+        self, record: AttemptRecord, prompt: str, params: SamplingParams, parts: list[str]
+    ) -> Chunk | None:
+        """Stream one round into `parts`; the final chunk, or None when a box completed."""
+        tail = ""
+        stream = self.engine.stream(prompt, params)
+        try:
+            async for chunk in stream:
+                parts.append(chunk.text)
+                record.tokens += chunk.tokens
+                if chunk.finish_reason is not None:
+                    return chunk
+                if self.config.stop_at_boxed:
+                    tail = (tail + chunk.text)[-_BOX_TAIL_CHARS:]
+                    if ("\\boxed" in tail or "\\fbox" in tail) and last_boxed(tail):
+                        return None
+            return Chunk("", 0, finish_reason="error", error="stream ended without a finish reason")
+        finally:
+            await stream.aclose()  # aborts the request in the engine when we leave early
+
+    async def _run_code(
+        self, record: AttemptRecord, parts: list[str], round_start: int, final: Chunk, session: str
+    ) -> None:
+        if record.code_calls >= self.config.max_code_calls:
+            record.finish_reason = "max_code_calls"
+            return
+        code = self._last_code_block("".join(parts[round_start:]))
+        record.code_calls += 1
+        result = await self.sandbox.arun(code, session=session, timeout=self.config.code_timeout_s)
+        if result.status != "ok":
+            record.errors += 1
+        output = result.output
+        parts.append(self.tags.format_output(output))
+        recorded = final.meta.get("recorded_output")
+        if recorded is not None:
+            self._note_divergence(record, output, str(recorded))
+
+    def _last_code_block(self, round_text: str) -> str:
+        """The code after the round's last code_begin (the engine left the stop string out)."""
+        begin = round_text.rfind(self.tags.code_begin)
+        if begin < 0:
+            return ""
+        code = round_text[begin + len(self.tags.code_begin) :].rstrip()
+        if self.tags.code_end != self.tags.stop:
+            code = code.removesuffix(self.tags.code_end)
+        return code.strip("\n")
+
+    @staticmethod
+    def _note_divergence(record: AttemptRecord, ours: str, recorded: str) -> None:
+        from submission.sandbox.fidelity import classify_mismatch
+
+        kind = classify_mismatch(ours, recorded)
+        if kind != "match":
+            record.output_mismatches += 1
+            record.mismatch_kinds.append(kind)

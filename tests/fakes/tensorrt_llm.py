@@ -1,0 +1,544 @@
+"""A contract fake of the TensorRT-LLM surface `submission.engines.trtllm` uses.
+
+Written from TensorRT-LLM's public source (NVIDIA/TensorRT-LLM, Apache-2.0), read
+for facts only; no code is copied:
+- tensorrt_llm/version.py and tensorrt_llm/sampling_params.py at 000a01de
+  (1.0.0rc4): `SamplingParams` is a kw-only dataclass, `max_tokens` defaults
+  to 32, `stop` / `stop_token_ids` / `include_stop_str_in_output=False` /
+  `skip_special_tokens=True`, every sampling knob defaults to None.
+- tensorrt_llm/_tensorrt_engine/__init__.py at 1620d4fd: 1.x exports the
+  TensorRT-engine LLM there (`_TrtLLM as LLM`); plain `tensorrt_llm.LLM` is the
+  PyTorch backend, which does not load a trtllm-build engine folder.
+- tensorrt_llm/llmapi/llm.py at 00966934 (0.x `LLM`) and a 1.x revision
+  (`BaseLLM` / `_TrtLLM`): `LLM(model, tokenizer=None, ..., **kwargs)`, 1.x
+  rejects unknown kwargs with ValueError; `generate_async(inputs,
+  sampling_params=None, ..., streaming=False)` takes a str or token ids and
+  raises ValueError when prompt length + max_tokens > the engine's max_seq_len.
+- tensorrt_llm/executor/result.py at 005bc848: outputs[0] is a
+  `CompletionOutput` (text, token_ids, finish_reason in stop/length/timeout/
+  cancelled, stop_reason = the stop string or token id, `text_diff`);
+  END_ID and STOP_WORDS both finish as "stop"; the stop words' tokens are cut
+  from the output unless include_stop_str_in_output; `abort()` ends the
+  request as "cancelled"; background errors surface from `async for`.
+- tensorrt_llm/runtime/model_runner_cpp.py at 03832911: `ModelRunnerCpp.from_dir(
+  engine_dir, *, max_batch_size=None, kv_cache_free_gpu_memory_fraction=None,
+  kv_cache_enable_block_reuse=False, ...)`, its executor in `.executor`
+  (older versions: `.session`).
+- cpp/tensorrt_llm/pybind/executor/request.cpp: `Request(input_token_ids,
+  max_tokens, streaming=False, sampling_config, output_config, end_id, pad_id,
+  ..., stop_words)`; streaming responses carry only the new tokens.
+
+`install(monkeypatch, ...)` puts the fake modules in `sys.modules`; the fake
+"model" writes whatever `respond(prompt_text)` returns, tokenized with the
+engine folder's real tokenizer, `tokens_per_step` tokens per response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import enum
+import json
+import queue
+import sys
+import threading
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class RequestError(RuntimeError):
+    """What the real executor raises into a result's iterator on a background error."""
+
+
+@dataclass(kw_only=True)
+class SamplingParams:
+    end_id: int | None = None
+    pad_id: int | None = None
+    max_tokens: int = 32
+    bad: str | list[str] | None = None
+    bad_token_ids: list[int] | None = None
+    stop: str | list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool = False
+    n: int = 1
+    best_of: int | None = None
+    use_beam_search: bool = False
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    min_tokens: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    min_p: float | None = None
+    logprobs: int | None = None
+    ignore_eos: bool = False
+    detokenize: bool = True
+    add_special_tokens: bool = True
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+
+
+@dataclass(kw_only=True)
+class KvCacheConfig:
+    enable_block_reuse: bool = True
+    max_tokens: int | None = None
+    free_gpu_memory_fraction: float | None = 0.9
+    enable_partial_reuse: bool = True
+
+
+# TrtLlmArgs fields the 1.x LLM accepts as kwargs (a subset; anything else is a ValueError).
+LLM_ARGS = {
+    "kv_cache_config",
+    "max_batch_size",
+    "max_num_tokens",
+    "max_seq_len",
+    "max_beam_width",
+    "enable_chunked_prefill",
+    "build_config",
+    "workspace",
+    "batching_type",
+    "scheduler_config",
+}
+
+
+@dataclass
+class CompletionOutput:
+    index: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    _last_text_len: int = 0
+
+    @property
+    def text_diff(self) -> str:
+        return self.text[self._last_text_len :]
+
+
+class FinishReason(enum.Enum):
+    NOT_FINISHED = 0
+    END_ID = 1
+    STOP_WORDS = 2
+    LENGTH = 3
+    TIMED_OUT = 4
+    CANCELLED = 5
+
+
+@dataclass
+class FakeModel:
+    """The scripted "model" behind both APIs, plus what the tests inspect afterwards."""
+
+    engine_dir: Path
+    respond: Callable[[str], str]
+    tokens_per_step: int = 3
+    fail_after_tokens: int | None = None  # raise a background error after this many tokens
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    loaded: list[dict[str, Any]] = field(default_factory=list)
+    tokenizer: Any = None
+
+    def max_seq_len(self) -> int:
+        config = json.loads((self.engine_dir / "config.json").read_text())
+        return int(config["build_config"]["max_seq_len"])
+
+    def steps(
+        self,
+        prompt_ids: list[int],
+        max_tokens: int,
+        end_id: int,
+        stop_words: list[list[int]],
+    ) -> Any:
+        """Yield (new_ids, FinishReason or None, matched stop word index or None)."""
+        prompt_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
+        planned = self.tokenizer.encode(self.respond(prompt_text), add_special_tokens=False)
+        planned.append(end_id)
+        produced: list[int] = []
+        while True:
+            new: list[int] = []
+            for token in planned[len(produced) : len(produced) + self.tokens_per_step]:
+                if self.fail_after_tokens is not None and len(produced) >= self.fail_after_tokens:
+                    raise RequestError("fake executor: CUDA error: an illegal memory access")
+                if token == end_id:
+                    yield new, FinishReason.END_ID, None
+                    return
+                new.append(token)
+                produced.append(token)
+                for index, word in enumerate(stop_words):
+                    if produced[-len(word) :] == word:
+                        yield new, FinishReason.STOP_WORDS, index
+                        return
+                if len(produced) >= max_tokens:
+                    yield new, FinishReason.LENGTH, None
+                    return
+            yield new, None, None
+
+
+class RequestOutput:
+    """The streaming result of `generate_async` (real: GenerationResult + RequestOutput)."""
+
+    def __init__(self, model: FakeModel, prompt_ids: list[int], params: SamplingParams) -> None:
+        self.model = model
+        self.params = params
+        self.outputs = [CompletionOutput(0)]
+        self.finished = False
+        self._aborted = False
+        stops = [params.stop] if isinstance(params.stop, str) else list(params.stop or [])
+        self._stop_reasons: list[int | str] = list(params.stop_token_ids or []) + stops
+        self._stop_words = [[t] for t in params.stop_token_ids or []] + [
+            model.tokenizer.encode(s, add_special_tokens=False) for s in stops
+        ]
+        end_id = params.end_id if params.end_id is not None else model.tokenizer.eos_token_id
+        self._steps = model.steps(prompt_ids, params.max_tokens, end_id, self._stop_words)
+
+    def abort(self) -> None:
+        self._aborted = True
+        self.model.requests[-1]["aborted"] = True
+
+    def __aiter__(self) -> RequestOutput:
+        return self
+
+    async def __anext__(self) -> RequestOutput:
+        if self.finished:
+            raise StopAsyncIteration
+        await asyncio.sleep(0)
+        out = self.outputs[0]
+        out._last_text_len = len(out.text)
+        if self._aborted:
+            self.finished = True
+            out.finish_reason = "cancelled"
+            return self
+        new, why, stop_index = next(self._steps)
+        out.token_ids.extend(new)
+        if why is not None:
+            self.finished = True
+            if why is FinishReason.STOP_WORDS:
+                out.finish_reason = "stop"
+                out.stop_reason = self._stop_reasons[stop_index]
+                if not self.params.include_stop_str_in_output:
+                    del out.token_ids[-len(self._stop_words[stop_index]) :]
+            else:
+                out.finish_reason = {FinishReason.END_ID: "stop", FinishReason.LENGTH: "length"}[
+                    why
+                ]
+        out.text = self.model.tokenizer.decode(
+            out.token_ids, skip_special_tokens=self.params.skip_special_tokens
+        )
+        return self
+
+
+def _check_engine_dir(model: str | Path) -> None:
+    if not (Path(model) / "config.json").is_file():
+        raise ValueError(f"{model} is not an engine folder (no config.json)")
+
+
+class TrtLLM:
+    """The TensorRT-engine LLM: `tensorrt_llm.LLM` in 0.x, `_tensorrt_engine.LLM` in 1.x."""
+
+    fake_model: FakeModel  # bound by install()
+
+    def __init__(
+        self,
+        model: str | Path,
+        tokenizer: str | Path | None = None,
+        tokenizer_mode: str = "auto",
+        skip_tokenizer_init: bool = False,
+        trust_remote_code: bool = False,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        revision: str | None = None,
+        tokenizer_revision: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for key in kwargs:
+            if key not in LLM_ARGS:
+                raise ValueError(f"LLM got invalid argument: {key}")
+        _check_engine_dir(model)
+        if not isinstance(kwargs.get("kv_cache_config", KvCacheConfig()), KvCacheConfig):
+            raise TypeError("kv_cache_config must be a KvCacheConfig")
+        from transformers import AutoTokenizer
+
+        self.model = self.fake_model
+        self.model.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or model))
+        self.model.loaded.append({"api": "llm", "model": str(model), **kwargs})
+        self._shutdown = False
+
+    def generate_async(
+        self,
+        inputs: str | list[int],
+        sampling_params: SamplingParams | None = None,
+        lora_request: Any = None,
+        prompt_adapter_request: Any = None,
+        streaming: bool = False,
+        kv_cache_retention_config: Any = None,
+        disaggregated_params: Any = None,
+        scheduling_params: Any = None,
+        cache_salt: str | None = None,
+    ) -> RequestOutput:
+        if self._shutdown:
+            raise RuntimeError("LLM is shutting down")
+        params = sampling_params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"The sampling_params must be type SamplingParams, got {params!r}")
+        if isinstance(inputs, str):
+            prompt_ids = self.model.tokenizer.encode(inputs, add_special_tokens=False)
+        else:
+            prompt_ids = list(inputs)
+        if len(prompt_ids) + params.max_tokens > self.model.max_seq_len():
+            raise ValueError(
+                f"The sum of prompt length ({len(prompt_ids)}) and max_tokens "
+                f"({params.max_tokens}) should not exceed max_seq_len ({self.model.max_seq_len()})"
+            )
+        self.model.requests.append(
+            {"prompt_ids": prompt_ids, "params": params, "streaming": streaming, "aborted": False}
+        )
+        return RequestOutput(self.model, prompt_ids, params)
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+
+
+class TorchLLM:
+    """1.x plain `tensorrt_llm.LLM`: the PyTorch backend, which cannot load engine folders."""
+
+    def __init__(self, model: str | Path, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(f"{model}: the PyTorch backend loads HF checkpoints, not TRT engines")
+
+
+# ---- the executor API behind ModelRunnerCpp ---------------------------------------------
+
+
+@dataclass(kw_only=True)
+class ExecutorSamplingConfig:
+    beam_width: int = 1
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    temperature: float | None = None
+    min_tokens: int | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    min_p: float | None = None
+
+
+@dataclass(kw_only=True)
+class OutputConfig:
+    return_log_probs: bool = False
+    return_context_logits: bool = False
+    return_generation_logits: bool = False
+    exclude_input_from_output: bool = False
+
+
+@dataclass(kw_only=True)
+class Request:
+    input_token_ids: list[int]
+    max_tokens: int
+    streaming: bool = False
+    sampling_config: ExecutorSamplingConfig = field(default_factory=ExecutorSamplingConfig)
+    output_config: OutputConfig = field(default_factory=OutputConfig)
+    end_id: int | None = None
+    pad_id: int | None = None
+    position_ids: list[int] | None = None
+    bad_words: list[list[int]] | None = None
+    stop_words: list[list[int]] | None = None
+
+
+@dataclass
+class Result:
+    is_final: bool
+    output_token_ids: list[list[int]]
+    finish_reasons: list[FinishReason]
+
+
+@dataclass
+class Response:
+    request_id: int
+    result: Result | None = None
+    error_msg: str = ""
+
+    def has_error(self) -> bool:
+        return bool(self.error_msg)
+
+
+class Executor:
+    """Runs requests on a worker thread, one step per request per tick, like in-flight batching."""
+
+    def __init__(self, model: FakeModel) -> None:
+        self.model = model
+        self._next_id = 1
+        self._active: dict[int, Any] = {}
+        self._cancelled: set[int] = set()
+        self._responses: queue.Queue[Response] = queue.Queue()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._run, daemon=True)
+        self._worker.start()
+
+    def enqueue_request(self, request: Request) -> int:
+        if not isinstance(request, Request):
+            raise TypeError("enqueue_request takes an executor Request")
+        if request.end_id is None:
+            raise ValueError("end_id is required")
+        with self._lock:
+            request_id = self._next_id
+            self._next_id += 1
+            stop_words = request.stop_words or []
+            steps = self.model.steps(
+                request.input_token_ids, request.max_tokens, request.end_id, stop_words
+            )
+            self._active[request_id] = steps
+            self.model.requests.append({"request": request, "id": request_id, "aborted": False})
+        return request_id
+
+    def cancel_request(self, request_id: int) -> None:
+        with self._lock:
+            self._cancelled.add(request_id)
+            for record in self.model.requests:
+                if record.get("id") == request_id:
+                    record["aborted"] = True
+
+    def await_responses(self, timeout: datetime.timedelta | None = None) -> list[Response]:
+        wait = None if timeout is None else timeout.total_seconds()
+        try:
+            first = self._responses.get(timeout=wait)
+        except queue.Empty:
+            return []
+        responses = [first]
+        while not self._responses.empty():
+            responses.append(self._responses.get_nowait())
+        return responses
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.001):
+            with self._lock:
+                active = list(self._active.items())
+            for request_id, steps in active:
+                if request_id in self._cancelled:
+                    self._finish(request_id, [], FinishReason.CANCELLED)
+                    continue
+                try:
+                    new, why, _ = next(steps)
+                except RequestError as exc:
+                    with self._lock:
+                        del self._active[request_id]
+                    self._responses.put(Response(request_id, error_msg=str(exc)))
+                    continue
+                if why is None:
+                    self._responses.put(
+                        Response(request_id, Result(False, [new], [FinishReason.NOT_FINISHED]))
+                    )
+                else:
+                    self._finish(request_id, new, why)
+
+    def _finish(self, request_id: int, new: list[int], why: FinishReason) -> None:
+        with self._lock:
+            self._active.pop(request_id, None)
+        self._responses.put(Response(request_id, Result(True, [new], [why])))
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._worker.join(timeout=5)
+
+
+class ModelRunnerCpp:
+    fake_model: FakeModel  # bound by install()
+    executor_attr: str = "executor"
+
+    def __init__(self, executor: Executor, executor_attr: str) -> None:
+        setattr(self, executor_attr, executor)
+
+    @classmethod
+    def from_dir(
+        cls,
+        engine_dir: str,
+        *,
+        lora_dir: str | None = None,
+        rank: int = 0,
+        max_batch_size: int | None = None,
+        max_input_len: int | None = None,
+        max_output_len: int | None = None,
+        max_beam_width: int | None = None,
+        kv_cache_free_gpu_memory_fraction: float | None = None,
+        max_tokens_in_paged_kv_cache: int | None = None,
+        kv_cache_enable_block_reuse: bool = False,
+        enable_chunked_context: bool = False,
+        debug_mode: bool = False,
+    ) -> ModelRunnerCpp:
+        _check_engine_dir(engine_dir)
+        from transformers import AutoTokenizer
+
+        model = cls.fake_model
+        model.tokenizer = AutoTokenizer.from_pretrained(engine_dir)
+        model.loaded.append(
+            {
+                "api": "runner",
+                "max_batch_size": max_batch_size,
+                "kv_cache_free_gpu_memory_fraction": kv_cache_free_gpu_memory_fraction,
+                "kv_cache_enable_block_reuse": kv_cache_enable_block_reuse,
+            }
+        )
+        return cls(Executor(model), cls.executor_attr)
+
+
+def install(
+    monkeypatch: Any,
+    engine_dir: Path,
+    respond: Callable[[str], str],
+    version: str = "1.0.0",
+    llm_api: bool = True,
+    runner_executor_attr: str = "executor",
+    **model_options: Any,
+) -> FakeModel:
+    """Put fake `tensorrt_llm` modules of `version` into sys.modules; return the fake model."""
+    model = FakeModel(engine_dir=engine_dir, respond=respond, **model_options)
+    llm_class = type("LLM", (TrtLLM,), {"fake_model": model})
+    runner_class = type(
+        "ModelRunnerCpp",
+        (ModelRunnerCpp,),
+        {"fake_model": model, "executor_attr": runner_executor_attr},
+    )
+    root = types.ModuleType("tensorrt_llm")
+    root.__version__ = version
+    root.SamplingParams = SamplingParams
+    llmapi = types.ModuleType("tensorrt_llm.llmapi")
+    llmapi.KvCacheConfig = KvCacheConfig
+    runtime = types.ModuleType("tensorrt_llm.runtime")
+    runtime.ModelRunnerCpp = runner_class
+    bindings = types.ModuleType("tensorrt_llm.bindings")
+    executor = types.ModuleType("tensorrt_llm.bindings.executor")
+    executor.Request = Request
+    executor.SamplingConfig = ExecutorSamplingConfig
+    executor.OutputConfig = OutputConfig
+    executor.FinishReason = FinishReason
+    bindings.executor = executor
+    modules = {
+        "tensorrt_llm": root,
+        "tensorrt_llm.llmapi": llmapi,
+        "tensorrt_llm.runtime": runtime,
+        "tensorrt_llm.bindings": bindings,
+        "tensorrt_llm.bindings.executor": executor,
+    }
+    if llm_api:
+        if int(version.split(".")[0]) >= 1:
+            root.LLM = TorchLLM
+            engine_module = types.ModuleType("tensorrt_llm._tensorrt_engine")
+            engine_module.LLM = llm_class
+            modules["tensorrt_llm._tensorrt_engine"] = engine_module
+        else:
+            root.LLM = llm_class
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    return model
+
+
+def sampling_params_of(record: dict[str, Any]) -> dict[str, Any]:
+    """A request's sampling parameters as a dict, whichever API sent it."""
+    if "params" in record:
+        return dataclasses.asdict(record["params"])
+    request = record["request"]
+    return {**dataclasses.asdict(request.sampling_config), "max_tokens": request.max_tokens}

@@ -1,0 +1,151 @@
+"""The TIR loop and the Solver on real recorded generations, with the real sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from submission.config import Config, load_config
+from submission.engines.replay import EMBEDDED_TRANSCRIPTS, ReplayEngine
+from submission.harness import AsyncHarness
+from submission.policy import FinishedAttempt
+from submission.policy.defaults import default_policy
+from submission.policy.selection import MajorityVote
+from submission.sandbox import Sandbox
+from submission.solver import Solver
+
+RECORDS = [json.loads(line) for line in EMBEDDED_TRANSCRIPTS[0].read_text().splitlines()]
+
+
+def replay_config(*overrides: str) -> Config:
+    return load_config(overrides=["prompt.code_tags=tora", "solver.attempts=2", *overrides])
+
+
+@pytest.fixture(scope="module")
+def sandbox() -> Iterator[Sandbox]:
+    with Sandbox.from_config(load_config()) as sb:
+        yield sb
+
+
+def make_solver(config: Config, sandbox: Sandbox) -> Solver:
+    return Solver(ReplayEngine.from_config(config), sandbox, config, default_policy(config))
+
+
+async def test_attempts_run_the_code_and_feed_back_our_output(sandbox: Sandbox) -> None:
+    config = replay_config()
+    result = await make_solver(config, sandbox).solve("p0", RECORDS[0]["question"], budget_s=60)
+    assert result.answer == 18 and not result.used_fallback
+    assert len(result.attempts) == 2
+    for attempt in result.attempts:
+        assert attempt.code_calls == 1 and attempt.errors == 0
+        assert attempt.finish_reason == "boxed"
+        assert attempt.answer == 18
+        assert "```output\n18\n```\n" in attempt.text  # our sandbox's output, fed back
+        assert attempt.output_mismatches == 0
+        assert attempt.tokens > 50
+
+
+async def test_divergent_recorded_output_is_logged(sandbox: Sandbox, tmp_path: Path) -> None:
+    """A recording whose printed output differs from what the code prints today."""
+    record = dict(RECORDS[0])
+    record["code"] = [record["code"][0].replace("```output\n18\n```", "```output\n17\n```")]
+    path = tmp_path / "edited.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    config = replay_config(f"engine.replay.transcripts={path}", "solver.attempts=1")
+    result = await make_solver(config, sandbox).solve("p0", record["question"], budget_s=60)
+    (attempt,) = result.attempts
+    assert attempt.output_mismatches == 1
+    assert attempt.mismatch_kinds == ["semantic"]
+    assert "```output\n18\n```" in attempt.text  # ours, never the recorded one
+
+
+async def test_deadline_cancels_everything_and_falls_back(sandbox: Sandbox) -> None:
+    config = replay_config("engine.replay.tokens_per_s=20", "engine.replay.chunk_tokens=1")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await make_solver(config, sandbox).solve("p0", RECORDS[0]["question"], budget_s=0.5)
+    elapsed = loop.time() - started
+    assert elapsed < 1.5
+    assert result.used_fallback and result.answer == config.solver.fallback_answer
+    assert result.stop_reason == "no attempt answered"
+    assert [a.finish_reason for a in result.attempts] == ["cancelled", "cancelled"]
+    assert all(0 < a.tokens < 20 for a in result.attempts)
+
+
+async def test_early_stop_cancels_the_stragglers(sandbox: Sandbox) -> None:
+    # Four attempts over two recordings that agree; stop once two agree.
+    config = replay_config("solver.attempts=4", "early_stop.agree=2",
+                           "engine.replay.tokens_per_s=2000")
+    result = await make_solver(config, sandbox).solve("p0", RECORDS[0]["question"], budget_s=60)
+    assert result.answer == 18
+    assert result.stop_reason == "2 agree"
+    reasons = sorted(a.finish_reason or "" for a in result.attempts)
+    assert reasons.count("boxed") >= 2 and "cancelled" in reasons
+
+
+async def test_limits_end_attempts(sandbox: Sandbox) -> None:
+    question = RECORDS[0]["question"]
+    no_code = replay_config("tir.max_code_calls=0", "solver.attempts=1")
+    (attempt,) = (await make_solver(no_code, sandbox).solve("p0", question, 60)).attempts
+    assert (attempt.finish_reason, attempt.code_calls) == ("max_code_calls", 0)
+    short = replay_config("generation.max_tokens=7", "solver.attempts=1")
+    (attempt,) = (await make_solver(short, sandbox).solve("p0", question, 60)).attempts
+    assert (attempt.finish_reason, attempt.tokens) == ("length", 7)
+
+
+@pytest.mark.parametrize(
+    ("problem", "reason"),
+    [
+        ("", "empty"),
+        ("   \n\t", "empty"),
+        (None, "not text"),
+        ("x" * 1_000_000, "characters"),
+        ("What is the 12345th prime?", "no attempt answered"),  # no transcript: engine error
+    ],
+)
+async def test_bad_problems_get_the_fallback_and_a_reason(
+    sandbox: Sandbox, problem: object, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = replay_config()
+    with caplog.at_level(logging.WARNING):
+        result = await make_solver(config, sandbox).solve("bad", problem, budget_s=10)  # type: ignore[arg-type]
+    assert result.used_fallback and result.answer == config.solver.fallback_answer
+    assert reason in result.stop_reason
+    assert any("fallback" in message for message in caplog.messages)
+
+
+async def test_engine_errors_are_recorded(sandbox: Sandbox) -> None:
+    config = replay_config()
+    result = await make_solver(config, sandbox).solve("x", "What is the 12345th prime?", 10)
+    assert all(a.finish_reason == "error" for a in result.attempts)
+    assert all("no recorded generation" in (a.error_message or "") for a in result.attempts)
+
+
+def test_majority_vote_tie_breaks_by_first_vote_then_value() -> None:
+    def attempt(n: int, answer: int | None) -> FinishedAttempt:
+        return FinishedAttempt(attempt_num=n, answer=answer, tokens=1, time_s=1.0)
+
+    vote = MajorityVote()
+    assert vote.select([attempt(0, 5), attempt(1, 7), attempt(2, 7)]) == 7
+    assert vote.select([attempt(0, 5), attempt(1, 7), attempt(2, 7), attempt(3, 5)]) == 5
+    assert vote.select([attempt(0, 9), attempt(1, 3)]) == 9
+    assert vote.select([attempt(0, None), attempt(1, None)]) is None
+    assert vote.select([]) is None
+
+
+async def test_harness_budgets_and_records_history(sandbox: Sandbox) -> None:
+    config = replay_config()
+    engine = ReplayEngine.from_config(config)
+    harness = AsyncHarness(config, engine, sandbox, problems_total=3)
+    for record in RECORDS[:3]:
+        await harness.solve(f"p{record['idx']}", record["question"])
+    harness.grade({f"p{r['idx']}": int(r["gt"].replace(",", "")) for r in RECORDS[:3]})
+    assert [s.problem_id for s in harness.history] == ["p0", "p1", "p2"]
+    assert all(s.is_correct for s in harness.history)
+    first_budget = harness.history[0].budget_s
+    assert 0 < first_budget <= config.budget.max_problem_s
