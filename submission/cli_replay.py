@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
             harness.close()
     harness.core.grade(expected)
     extra = recorded_accuracy_lines(harness.core.engine, problems)
-    from submission.report import summarize, write_run_outputs
+    from submission.report import write_run_outputs
 
     written = write_run_outputs(
         harness.results, harness.core.history, out_dir, config.output.write_report, extra

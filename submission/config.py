@@ -148,7 +148,13 @@ class SandboxConfig:
     unprivileged_user: str = "nobody"
     # Warm modules imported once in the parent before sessions are forked.
     preload: tuple[str, ...] = (
-        "math", "numpy", "sympy", "itertools", "fractions", "functools", "collections",
+        "math",
+        "numpy",
+        "sympy",
+        "itertools",
+        "fractions",
+        "functools",
+        "collections",
     )
 
 
@@ -167,11 +173,22 @@ class ReplayEngineConfig:
 class SimEngineConfig:
     """The sim engine: synthetic attempts drawn from an attempt log, for timing work."""
 
+    # Attempt log (CSV or parquet); empty = ../shared/data/attempts/hard50_dev_half.csv.
     attempts_csv: str = ""
     # Single-stream decode rate (tokens/s); 0 = calibrate from the log.
     tokens_per_s: float = 0.0
     # Slow-down per extra concurrent stream: rate = R1 / (1 + a*(n-1)).
     contention: float = 0.087
+    # Streams at once when the log was recorded (calibrates R1; the hard50 log: 24).
+    concurrency: int = 24
+    # Multiplies the rate: 1/3 = an engine 3x slower than the log's.
+    speed: float = 1.0
+    # Virtual seconds per streamed chunk (the rate is re-read at every chunk).
+    chunk_s: float = 1.0
+    # Seconds start() takes (an engine that loads slowly).
+    start_delay_s: float = 0.0
+    # Fraction of streams that end with finish_reason "error" part-way.
+    error_rate: float = 0.0
 
 
 @dataclass

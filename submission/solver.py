@@ -65,8 +65,9 @@ class Solver:
             return f"problem is {type(problem).__name__}, not text"
         if not problem.strip():
             return "problem is empty"
-        if len(problem) > self.config.solver.max_problem_chars:
-            return f"problem has {len(problem)} characters (limit {self.config.solver.max_problem_chars})"
+        limit = self.config.solver.max_problem_chars
+        if len(problem) > limit:
+            return f"problem has {len(problem)} characters (limit {limit})"
         return None
 
     async def solve(self, problem_id: str, problem: str, budget_s: float) -> ProblemResult:
@@ -123,7 +124,12 @@ class Solver:
             await self._cancel_all(tasks)
             for record in records:
                 self._close_session(f"{problem_id}-a{record.attempt_num}")
-        voters = [_as_finished(r) for r in finished if r.finish_reason != "cancelled"]
+        # Shortest first (then by attempt number): the vote's tie-break then depends on the
+        # attempts themselves, never on scheduling jitter, and favours the more direct solution.
+        voters = sorted(
+            (_as_finished(r) for r in finished if r.finish_reason != "cancelled"),
+            key=lambda a: (a.tokens, a.attempt_num),
+        )
         answer = self.policy.selection.select(voters)
         seconds = loop.time() - started
         if answer is None:

@@ -1,4 +1,4 @@
-"""Shared test fixtures: where the project's shared data lives (CI has it; a user's clone may not)."""
+"""Shared fixtures: where the project's shared data lives (CI has it; a clone may not)."""
 
 from __future__ import annotations
 

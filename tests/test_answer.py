@@ -108,7 +108,7 @@ def test_agrees_with_recorded_predictions_on_all_shared_transcripts(shared_data:
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             text, pred = record["code"][0], record["pred"][0]
-            if "\\boxed" not in text or _integer_or_none(pred) is None and not _is_number(pred):
+            if "\\boxed" not in text or (_integer_or_none(pred) is None and not _is_number(pred)):
                 continue
             assert extract_answer(text) == _integer_or_none(pred), (record["idx"], text[-80:])
             checked += 1

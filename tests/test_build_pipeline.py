@@ -143,7 +143,10 @@ def test_sample_config_is_the_defaults() -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[engine]\nmax_batch_sizes = 4\n", "unknown pipeline config field 'engine.max_batch_sizes'"),
+        (
+            "[engine]\nmax_batch_sizes = 4\n",
+            "unknown pipeline config field 'engine.max_batch_sizes'",
+        ),
         ("[engine]\nmax_batch_size = '32'\n", "engine.max_batch_size must be int"),
         ("[drafter]\ngreedy = 1\n", "drafter.greedy must be bool"),
         ("[quantize]\nqformat = 'int4'\n", "quantize.qformat must be one of"),
@@ -179,10 +182,34 @@ def test_stamp_skips_an_up_to_date_step_and_reruns_a_changed_one(tmp_path: Path)
     output.write_text("a")
     pipeline.write_stamp(step, stamps)
     assert pipeline.is_up_to_date(step, stamps)
-    changed_args = pipeline.Step("s", "copy", ("cp", "-p", str(source), str(output)), output, (source,))
+    changed_args = pipeline.Step(
+        "s", "copy", ("cp", "-p", str(source), str(output)), output, (source,)
+    )
     assert not pipeline.is_up_to_date(changed_args, stamps)
     source.write_text("bb")  # a changed input changes the key
     assert not pipeline.is_up_to_date(step, stamps)
     pipeline.write_stamp(step, stamps)
     output.unlink()  # a missing output is never up to date
     assert not pipeline.is_up_to_date(step, stamps)
+
+
+def test_submission_build_command_runs_the_pipeline_by_path(tmp_path: Path) -> None:
+    import subprocess
+
+    from submission import build_cli
+
+    result = subprocess.run(
+        [
+            *(sys.executable, "-m", "submission", "build", "--dry-run", "--stage", "engine"),
+            *("--work-dir", str(tmp_path / "w"), "--config", str(SAMPLE)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=BUILD_DIR.parent,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"trtllm-build --checkpoint_dir {tmp_path}/w/OpenMath-Nemotron" in result.stdout
+    assert "huggingface-cli" not in result.stdout  # only the stage asked for
+    assert not (tmp_path / "w").exists()
+    assert build_cli.PIPELINE == BUILD_DIR / "pipeline.py"

@@ -156,11 +156,16 @@ async def test_prompt_near_max_seq_len_is_clamped_not_rejected(
     model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: "word " * 100)
     engine = engine_for(engine_dir, **{"generation.max_tokens": "32768"})
     await engine.start()
-    long_prompt = PROMPT + "x " * 39_990
-    chunks = await collect(engine, SamplingParams(max_tokens=32_768, stop=STOPS), long_prompt)
+    params = SamplingParams(max_tokens=32_768, stop=STOPS)
+    chunks = await collect(engine, params, PROMPT + "x " * 39_900)
     prompt_tokens = len(model.requests[0]["prompt_ids"])
+    assert 39_900 < prompt_tokens < 40_000
     assert fake_trt.sampling_params_of(model.requests[0])["max_tokens"] == 40_000 - prompt_tokens
     assert chunks[-1].finish_reason == "length"
+
+    full = await collect(engine, params, PROMPT + "x " * 40_000)
+    assert [(c.text, c.finish_reason) for c in full] == [("", "length")]
+    assert len(model.requests) == 1  # nothing sent that the engine would reject
 
 
 async def test_closing_the_stream_aborts_the_request(tmp_path, tokenizer_dir, monkeypatch):

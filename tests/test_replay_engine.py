@@ -46,7 +46,9 @@ def test_every_embedded_recording_reassembles() -> None:
             text = json.loads(line)["code"][0]
             rounds, outputs = split_rounds(text, TORA)
             assert len(rounds) == len(outputs) + 1
-            rebuilt = "".join(r + TORA.format_output(o) for r, o in zip(rounds, outputs, strict=False))
+            rebuilt = "".join(
+                r + TORA.format_output(o) for r, o in zip(rounds, outputs, strict=False)
+            )
             assert rebuilt + rounds[-1] == text
 
 
@@ -55,7 +57,9 @@ async def test_stream_stops_at_code_and_carries_the_recorded_output(
 ) -> None:
     record = first_record()
     prompt = template.render(record["question"])
-    chunks = await collect(engine, prompt, SamplingParams(max_tokens=4096, stop=(TORA.stop,), seed=0))
+    chunks = await collect(
+        engine, prompt, SamplingParams(max_tokens=4096, stop=(TORA.stop,), seed=0)
+    )
     assert all(c.finish_reason is None for c in chunks[:-1])
     last = chunks[-1]
     assert (last.finish_reason, last.stop) == ("stop", TORA.stop)
@@ -71,7 +75,9 @@ async def test_continuation_serves_the_text_after_the_recorded_output(
     record = first_record()
     rounds, _ = split_rounds(record["code"][0], TORA)
     prompt = template.render(record["question"]) + rounds[0] + TORA.format_output("our own 18\n")
-    chunks = await collect(engine, prompt, SamplingParams(max_tokens=4096, stop=(TORA.stop,), seed=0))
+    chunks = await collect(
+        engine, prompt, SamplingParams(max_tokens=4096, stop=(TORA.stop,), seed=0)
+    )
     assert "".join(c.text for c in chunks) == rounds[1]
     assert chunks[-1].finish_reason == "stop" and chunks[-1].stop is None
 
@@ -95,17 +101,23 @@ async def test_max_tokens_ends_with_length(engine: ReplayEngine, template: Promp
     assert sum(c.tokens for c in chunks) == 5
 
 
-async def test_unknown_problem_is_an_error_chunk(engine: ReplayEngine, template: PromptTemplate) -> None:
+async def test_unknown_problem_is_an_error_chunk(
+    engine: ReplayEngine, template: PromptTemplate
+) -> None:
     chunks = await collect(engine, template.render("What is 6 x 7?"), SamplingParams(max_tokens=10))
     assert len(chunks) == 1
-    assert chunks[0].finish_reason == "error" and "no recorded generation" in (chunks[0].error or "")
+    assert chunks[0].finish_reason == "error" and "no recorded generation" in (
+        chunks[0].error or ""
+    )
 
 
 async def test_closing_the_stream_stops_it(template: PromptTemplate) -> None:
     engine = ReplayEngine.from_config(
         load_config(overrides=["prompt.code_tags=tora", "engine.replay.chunk_tokens=1"])
     )
-    stream = engine.stream(template.render(first_record()["question"]), SamplingParams(max_tokens=999))
+    stream = engine.stream(
+        template.render(first_record()["question"]), SamplingParams(max_tokens=999)
+    )
     first = await anext(stream)
     assert first.finish_reason is None
     await stream.aclose()

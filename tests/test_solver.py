@@ -79,8 +79,9 @@ async def test_deadline_cancels_everything_and_falls_back(sandbox: Sandbox) -> N
 
 async def test_early_stop_cancels_the_stragglers(sandbox: Sandbox) -> None:
     # Four attempts over two recordings that agree; stop once two agree.
-    config = replay_config("solver.attempts=4", "early_stop.agree=2",
-                           "engine.replay.tokens_per_s=2000")
+    config = replay_config(
+        "solver.attempts=4", "early_stop.agree=2", "engine.replay.tokens_per_s=2000"
+    )
     result = await make_solver(config, sandbox).solve("p0", RECORDS[0]["question"], budget_s=60)
     assert result.answer == 18
     assert result.stop_reason == "2 agree"
@@ -144,8 +145,15 @@ async def test_harness_budgets_and_records_history(sandbox: Sandbox) -> None:
     harness = AsyncHarness(config, engine, sandbox, problems_total=3)
     for record in RECORDS[:3]:
         await harness.solve(f"p{record['idx']}", record["question"])
-    harness.grade({f"p{r['idx']}": int(r["gt"].replace(",", "")) for r in RECORDS[:3]})
+    truth = {f"p{r['idx']}": int(r["gt"].replace(",", "")) for r in RECORDS[:3]}
+    harness.grade(truth)
     assert [s.problem_id for s in harness.history] == ["p0", "p1", "p2"]
-    assert all(s.is_correct for s in harness.history)
+    assert [s.is_correct for s in harness.history] == [
+        s.answer == truth[s.problem_id] for s in harness.history
+    ]
+    assert harness.history[0].is_correct and harness.history[1].is_correct
+    # p2: the two recorded models disagree (70000 vs 10000); each attempt is graded on its own.
+    p2 = harness.results[2].attempts
+    assert sorted(a.is_correct for a in p2) == [False, True]
     first_budget = harness.history[0].budget_s
     assert 0 < first_budget <= config.budget.max_problem_s

@@ -24,7 +24,10 @@ FinishReason = Literal["stop", "length", "cancelled", "error"]
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """What one generation request asks for. `max_tokens` is required (TRT-LLM defaults it to 32)."""
+    """What one generation request asks for.
+
+    `max_tokens` is required: TensorRT-LLM would default it to 32.
+    """
 
     max_tokens: int
     temperature: float = 0.6

@@ -210,8 +210,10 @@ class TrtllmEngine:
             yield Chunk("", 0, "length")
             return
         max_tokens = min(params.max_tokens, room)
-        async for chunk in self._backend.stream(prompt_ids, params, max_tokens):
-            yield chunk
+        # Close the backend's stream explicitly: that is what aborts the request.
+        async with contextlib.aclosing(self._backend.stream(prompt_ids, params, max_tokens)) as it:
+            async for chunk in it:
+                yield chunk
 
     def split_stops(self, stops: tuple[str, ...]) -> tuple[list[int], list[str]]:
         """Stop strings that are one token (sent as ids) and the rest (sent as strings)."""

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import importlib
 import json
 import logging
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -36,6 +38,7 @@ from submission.sandbox import protocol, repl
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 LOG = logging.getLogger("submission.sandbox.forkserver")
+_REAP_INTERVAL_S = 0.005
 
 
 def main() -> None:
@@ -47,9 +50,20 @@ def main() -> None:
     display = repl.display_formatter()
     path_fds = _reachable_import_paths() if settings.get("uid") is not None else {}
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
-    sessions: set[int] = set()
+    # Sessions' garbage collections then skip the warm objects, which stay shared
+    # with this process instead of being copied page by page on first touch.
+    gc.freeze()
+    live: set[int] = set()  # session processes the harness is using
+    ended: dict[int, int] = {}  # wait status of live sessions that died on their own
     protocol.send(channel, {"ready": True, "failed_preloads": failed})
     while True:
+        _reap(live, ended)
+        dying = _children(os.getpid()) - live
+        for pid in dying:  # killed sessions not yet gone, and orphans of dead ones
+            _kill_tree(pid)
+        # While killed processes are not yet reaped, wake up now and then to reap them.
+        if not select.select([channel], [], [], _REAP_INTERVAL_S if dying else None)[0]:
+            continue
         try:
             request, fds = protocol.recv(channel, max_fds=3)
         except (protocol.ProtocolError, OSError):
@@ -57,25 +71,19 @@ def main() -> None:
         op = request.get("op")
         if op == "spawn" and len(fds) == 3:
             pid = _spawn(request, fds, channel, display, path_fds)
-            for fd in fds:
-                os.close(fd)
-            sessions.add(pid)
+            live.add(pid)
             reply: dict[str, Any] = {"pid": pid}
-        elif op == "kill":
+        elif op == "kill" and request.get("pid") in live:
             pid = int(request["pid"])
-            reply = (
-                _kill_session(pid, float(request.get("grace_s", 0.0))) if pid in sessions else {}
-            )
-            sessions.discard(pid)
+            live.discard(pid)
+            reply = _kill_session(pid, float(request.get("grace_s", 0.0)), ended)
         else:
-            for fd in fds:
-                os.close(fd)
             reply = {"error": f"bad request {op!r}"}
-        _kill_orphans(sessions)
+        for fd in fds:
+            os.close(fd)
         protocol.send(channel, reply)
-    for pid in list(sessions):
-        _kill_session(pid, 0.0)
-    _kill_orphans(set())
+    for pid in _children(os.getpid()):
+        _kill_tree(pid)
 
 
 def _preload(modules: list[str]) -> list[str]:
@@ -197,17 +205,18 @@ def _close_all_but(keep: set[int]) -> None:
                 os.close(fd)
 
 
-def _kill_session(pid: int, grace_s: float) -> dict[str, Any]:
-    """Kill the session's process tree and reap it; report its exit code or signal."""
+def _kill_session(pid: int, grace_s: float, ended: dict[int, int]) -> dict[str, Any]:
+    """Kill the session's process tree; how it ended if it died by itself within `grace_s`.
+
+    Reaping is left to the main loop, so a kill costs no wait for the kernel's teardown.
+    """
     deadline = time.monotonic() + grace_s
-    status = _try_reap(pid)
+    status = ended.pop(pid, None)
     while status is None and time.monotonic() < deadline:
-        time.sleep(0.002)
         status = _try_reap(pid)
+        if status is None:
+            time.sleep(0.002)
     _kill_tree(pid)
-    if status is None:
-        with contextlib.suppress(ChildProcessError):
-            _, status = os.waitpid(pid, 0)
     if status is None:
         return {}
     if os.WIFSIGNALED(status):
@@ -223,38 +232,54 @@ def _try_reap(pid: int) -> int | None:
     return status if reaped else None
 
 
+def _reap(live: set[int], ended: dict[int, int]) -> None:
+    """Reap every child that has exited; keep the status of live sessions."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid in live:
+            ended[pid] = status
+
+
+def _children(pid: int) -> set[int]:
+    """Direct children of `pid` (all its threads), from /proc without scanning every process."""
+    children: set[int] = set()
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as file:
+                children.update(int(child) for child in file.read().split())
+    except FileNotFoundError:
+        # Gone, or a kernel without CONFIG_PROC_CHILDREN: ask psutil (a full /proc scan).
+        with contextlib.suppress(psutil.Error):
+            children = {child.pid for child in psutil.Process(pid).children()}
+    except (ProcessLookupError, PermissionError):
+        pass
+    return children
+
+
+def _descendants(pid: int) -> set[int]:
+    found: set[int] = set()
+    frontier = [pid]
+    while frontier and len(found) < 100_000:
+        for child in _children(frontier.pop()):
+            if child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
 def _kill_tree(pid: int) -> None:
-    """SIGKILL the session's process group and every descendant (setsid escapees too)."""
+    """SIGKILL the process group `pid` leads and every descendant (setsid escapees too)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    try:
-        descendants = psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        descendants = []
-    for proc in descendants:
-        with contextlib.suppress(psutil.Error):
-            proc.kill()
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-
-
-def _kill_orphans(sessions: set[int]) -> None:
-    """Kill and reap every child of the server that is not a live session."""
-    for _ in range(100):
-        try:
-            orphans = [p for p in psutil.Process().children() if p.pid not in sessions]
-        except psutil.Error:
-            return
-        if not orphans:
-            return
-        for proc in orphans:
-            with contextlib.suppress(psutil.Error):
-                for child in proc.children(recursive=True):
-                    child.kill()
-                proc.kill()
-        for proc in orphans:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(proc.pid, 0)
+    # Subreapers keep orphans in the tree, so this finds every process the session made.
+    for victim in (pid, *_descendants(pid)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(victim, signal.SIGKILL)
 
 
 def _prctl(option: int, value: int) -> None:

@@ -1,0 +1,162 @@
+"""Build the offline wheelhouse: a Kaggle dataset folder the kernel installs with no index.
+
+    python offline_wheels/download.py --out DIR [--python-version 3.11] [--with-trtllm]
+        [--dataset-id OWNER/SLUG] [--title TITLE]
+
+DIR gets:
+  wheels/*.whl           binary wheels for the Kaggle image (pip download --only-binary=:all:
+                         --python-version X --platform manylinux...), and our own wheel
+  requirements.txt       what the kernel installs: our package (and TensorRT-LLM), pinned
+  install.sh             the same install from a shell
+  dataset-metadata.json  for `kaggle datasets create -p DIR`
+Run it again to refresh: pip skips wheels already in DIR/wheels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+LOG = logging.getLogger("offline_wheels.download")
+HERE = Path(__file__).resolve().parent
+REPO_ROOT = HERE.parent
+# The Kaggle image is Ubuntu 22.04 (glibc 2.35); pip does not widen explicit platforms, so
+# every manylinux level a wheel may carry is listed. `any` wheels always match.
+DEFAULT_PLATFORMS = (
+    "manylinux_2_35_x86_64",
+    "manylinux_2_34_x86_64",
+    "manylinux_2_28_x86_64",
+    "manylinux_2_17_x86_64",
+    "manylinux2014_x86_64",
+)
+# NVIDIA's TensorRT-LLM wheels carry the plain linux tag.
+TRTLLM_PLATFORMS = ("linux_x86_64",)
+
+
+def project_version() -> tuple[str, str]:
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return project["name"], project["version"]
+
+
+def download_command(
+    requirements: Path, wheels: Path, python_version: str, platforms: tuple[str, ...]
+) -> list[str]:
+    argv = [
+        *(sys.executable, "-m", "pip", "download", "--disable-pip-version-check"),
+        *("--only-binary=:all:", "--python-version", python_version),
+    ]
+    for platform in platforms:
+        argv += ["--platform", platform]
+    return [*argv, "-r", str(requirements), "-d", str(wheels)]
+
+
+def build_own_wheel(wheels: Path) -> Path:
+    """Our wheel, built from a copy of the source (setuptools' in-tree `build/` would land in
+    the repo's build/ pipeline folder)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "src"
+        source.mkdir()
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (REPO_ROOT / name).is_file():
+                shutil.copy2(REPO_ROOT / name, source / name)
+        shutil.copytree(
+            REPO_ROOT / "submission",
+            source / "submission",
+            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+        )
+        before = set(wheels.glob("*.whl"))
+        subprocess.run(
+            [
+                *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
+                *("--disable-pip-version-check", "-w", str(wheels), str(source)),
+            ],
+            check=True,
+        )
+    name, version = project_version()
+    built = [p for p in wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl")]
+    if not built:
+        raise RuntimeError(f"pip wheel left no {name} {version} wheel in {wheels}")
+    LOG.info(
+        "our wheel: %s", built[0].name if built[0] not in before else f"{built[0].name} (rebuilt)"
+    )
+    return built[0]
+
+
+def write_dataset_folder(out: Path, with_trtllm: bool, dataset_id: str, title: str) -> None:
+    name, version = project_version()
+    lines = [f"{name}=={version}"]
+    if with_trtllm:
+        pins = (HERE / "requirements-trtllm.txt").read_text(encoding="utf-8").splitlines()
+        lines += [p for p in pins if p.strip() and not p.startswith(("#", "-"))]
+    (out / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    shutil.copy2(HERE / "install.sh", out / "install.sh")
+    metadata = {"title": title, "id": dataset_id, "licenses": [{"name": "other"}]}
+    (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+
+
+def build_wheelhouse(
+    out: Path,
+    python_version: str,
+    platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
+    with_trtllm: bool = False,
+    dataset_id: str = "your-kaggle-user/aimo-offline-wheels",
+    title: str = "AIMO submission offline wheels",
+) -> Path:
+    wheels = out / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        download_command(HERE / "requirements-kaggle.txt", wheels, python_version, platforms),
+        check=True,
+    )
+    if with_trtllm:
+        subprocess.run(
+            download_command(
+                HERE / "requirements-trtllm.txt",
+                wheels,
+                python_version,
+                platforms + TRTLLM_PLATFORMS,
+            ),
+            check=True,
+        )
+    build_own_wheel(wheels)
+    write_dataset_folder(out, with_trtllm, dataset_id, title)
+    LOG.info("wheelhouse ready: %d wheels in %s", len(list(wheels.glob("*.whl"))), wheels)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python offline_wheels/download.py", description=__doc__)
+    parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    parser.add_argument("--python-version", default="3.11", help="the Kaggle image's Python")
+    parser.add_argument("--platform", action="append", default=None, help="wheel platform tag")
+    parser.add_argument(
+        "--with-trtllm", action="store_true", help="add TensorRT-LLM (NVIDIA index)"
+    )
+    parser.add_argument("--dataset-id", default="your-kaggle-user/aimo-offline-wheels")
+    parser.add_argument("--title", default="AIMO submission offline wheels")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        build_wheelhouse(
+            args.out,
+            args.python_version,
+            tuple(args.platform) if args.platform else DEFAULT_PLATFORMS,
+            args.with_trtllm,
+            args.dataset_id,
+            args.title,
+        )
+    except (subprocess.CalledProcessError, RuntimeError) as exc:
+        LOG.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

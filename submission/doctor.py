@@ -1,0 +1,146 @@
+"""`python -m submission doctor`: is this machine ready to run the configured harness?
+
+Checks, each reported as ok / warn / fail with a one-line reason: the Python
+version, the runtime packages, the optional engine's package, a GPU, the
+engine folder and its manifest (for `trtllm`), the sandbox (one real call),
+and the embedded default data. Exit code 1 when anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from submission.config import (
+    PACKAGE_DATA,
+    Config,
+    ConfigError,
+    add_config_arguments,
+    config_from_args,
+)
+
+Status = Literal["ok", "warn", "fail"]
+RUNTIME_PACKAGES = ("polars", "pyarrow", "numpy", "sympy", "psutil", "rich", "matplotlib")
+ENGINE_PACKAGES = {"trtllm": "tensorrt_llm", "hf": "transformers", "openai": "httpx"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--no-sandbox", action="store_true", help="skip the sandbox call")
+
+
+def run_checks(config: Config, sandbox: bool = True) -> list[Check]:
+    checks = [_python(), *(_package(name) for name in RUNTIME_PACKAGES)]
+    engine_package = ENGINE_PACKAGES.get(config.engine.kind)
+    if engine_package is not None:
+        checks.append(_package(engine_package, required=True))
+    checks.append(_gpu(required=config.engine.kind == "trtllm"))
+    if config.engine.kind == "trtllm":
+        checks.append(_engine_dir(config))
+    checks.append(_embedded_data())
+    if sandbox:
+        checks.append(_sandbox(config))
+    return checks
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from rich.console import Console
+    from rich.table import Table
+
+    checks = run_checks(config, sandbox=not args.no_sandbox)
+    table = Table(title=f"doctor (engine: {config.engine.kind}, profile: {config.profile.name})")
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    colours = {"ok": "green", "warn": "yellow", "fail": "red"}
+    for check in checks:
+        table.add_row(check.name, f"[{colours[check.status]}]{check.status}", check.detail)
+    Console().print(table)
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def _python() -> Check:
+    version = ".".join(map(str, sys.version_info[:3]))
+    ok = sys.version_info >= (3, 11)
+    return Check("python", "ok" if ok else "fail", version if ok else f"{version} < 3.11")
+
+
+def _package(module: str, required: bool = True) -> Check:
+    if importlib.util.find_spec(module) is None:
+        return Check(module, "fail" if required else "warn", "not installed")
+    try:
+        version = importlib.metadata.version(module.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        version = "installed"
+    return Check(module, "ok", version)
+
+
+def _gpu(required: bool) -> Check:
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return Check("gpu", "fail" if required else "warn", "nvidia-smi not found")
+    try:
+        query = [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"]
+        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True)
+    except (subprocess.SubprocessError, OSError) as exc:
+        return Check("gpu", "fail" if required else "warn", f"nvidia-smi failed: {exc}")
+    return Check("gpu", "ok", "; ".join(out.stdout.strip().splitlines()))
+
+
+def _engine_dir(config: Config) -> Check:
+    from submission.manifest import ManifestError, read_manifest, verify_files
+
+    engine_dir = Path(config.engine.trtllm.engine_dir)
+    if not (engine_dir / "config.json").is_file():
+        return Check("engine dir", "fail", f"no config.json in {engine_dir!s}")
+    try:
+        manifest = read_manifest(engine_dir)
+    except ManifestError as exc:
+        return Check("engine dir", "fail", str(exc))
+    problems = verify_files(engine_dir, manifest)
+    if problems:
+        return Check("engine dir", "fail", f"{len(problems)} file problem(s): {problems[0]}")
+    greedy = " (GREEDY drafter: attempts identical)" if manifest.greedy_drafter else ""
+    return Check(
+        "engine dir",
+        "warn" if greedy else "ok",
+        f"TensorRT-LLM {manifest.tensorrt_llm_version}, {manifest.quantization}, "
+        f"max_seq_len {manifest.max_seq_len}{greedy}",
+    )
+
+
+def _embedded_data() -> Check:
+    files = sorted(p.name for p in PACKAGE_DATA.glob("*.jsonl"))
+    return Check("embedded data", "ok" if files else "fail", ", ".join(files) or "missing")
+
+
+def _sandbox(config: Config) -> Check:
+    from submission.sandbox import Sandbox
+
+    try:
+        with Sandbox.from_config(config) as sandbox:
+            result = sandbox.run("import sympy\nprint(sympy.factorint(360))", "doctor", 30.0)
+    except Exception as exc:  # report any failure to start as a failed check, not a crash
+        return Check("sandbox", "fail", f"{type(exc).__name__}: {exc}")
+    ok = result.status == "ok" and "{2: 3, 3: 2, 5: 1}" in result.stdout
+    return Check(
+        "sandbox", "ok" if ok else "fail", f"{result.status} in {result.seconds * 1000:.1f} ms"
+    )
