@@ -27,8 +27,8 @@ from pathlib import Path
 LOG = logging.getLogger("offline_wheels.download")
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
-# The Kaggle image is Ubuntu 22.04 (glibc 2.35); pip does not widen explicit platforms, so
-# every manylinux level a wheel may carry is listed. `any` wheels always match.
+# The Kaggle image is Ubuntu 22.04 (glibc 2.35): every manylinux level up to it is listed
+# explicitly (older pips do not widen a given tag). `none-any` wheels always match.
 DEFAULT_PLATFORMS = (
     "manylinux_2_35_x86_64",
     "manylinux_2_34_x86_64",
@@ -71,7 +71,6 @@ def build_own_wheel(wheels: Path) -> Path:
             source / "submission",
             ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
         )
-        before = set(wheels.glob("*.whl"))
         subprocess.run(
             [
                 *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
@@ -80,12 +79,10 @@ def build_own_wheel(wheels: Path) -> Path:
             check=True,
         )
     name, version = project_version()
-    built = [p for p in wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl")]
+    built = list(wheels.glob(f"{name.replace('-', '_')}-{version}-*.whl"))
     if not built:
         raise RuntimeError(f"pip wheel left no {name} {version} wheel in {wheels}")
-    LOG.info(
-        "our wheel: %s", built[0].name if built[0] not in before else f"{built[0].name} (rebuilt)"
-    )
+    LOG.info("our wheel: %s", built[0].name)
     return built[0]
 
 

@@ -144,8 +144,10 @@ class SandboxConfig:
     file_size_mb: int = 64
     open_files: int = 256
     max_processes: int = 64  # RLIMIT_NPROC, effective when sessions run unprivileged
-    # User the session processes drop to when the harness runs as root.
+    # User the session processes drop to when the harness runs as root ("" = stay root).
     unprivileged_user: str = "nobody"
+    # Sessions forked and warmed ahead of need: a new session then costs no fork.
+    spare_sessions: int = 2
     # Warm modules imported once in the parent before sessions are forked.
     preload: tuple[str, ...] = (
         "math",

@@ -79,8 +79,19 @@ class AsyncHarness:
         """Solve one problem within its share of the budget (and the call limit, if any)."""
         loop = asyncio.get_running_loop()
         call_started = loop.time()
+        wait_s = self.run_state().time_left_s
+        if call_limit_s is not None:
+            wait_s = min(wait_s, call_limit_s - CALL_LIMIT_MARGIN_S)
         try:
-            await self.start_engine()
+            # Shielded: a load that outlasts this problem goes on for the next one.
+            await asyncio.wait_for(asyncio.shield(self.start_engine()), timeout=max(0.0, wait_s))
+        except TimeoutError:
+            log.error(
+                "%s: engine %s still loading; no time left for this problem",
+                problem_id,
+                self.engine.name,
+            )
+            return self._record(self.solver.fallback(problem_id, [], 0.0, 0.0, "engine not ready"))
         except Exception as exc:  # the engine can't run: every problem gets the fallback
             log.error("engine %s failed to start: %s", self.engine.name, exc)
             result = self.solver.fallback(problem_id, [], 0.0, 0.0, f"engine failed: {exc}")

@@ -157,3 +157,27 @@ async def test_harness_budgets_and_records_history(sandbox: Sandbox) -> None:
     assert sorted(a.is_correct for a in p2) == [False, True]
     first_budget = harness.history[0].budget_s
     assert 0 < first_budget <= config.budget.max_problem_s
+
+
+class SlowToLoadReplay(ReplayEngine):
+    """The replay engine behind a load that takes `load_s` (a TensorRT-LLM engine takes minutes)."""
+
+    load_s = 2.0
+
+    async def start(self) -> None:
+        await asyncio.sleep(self.load_s)
+
+
+async def test_a_slow_engine_load_never_blocks_past_the_run_budget(sandbox: Sandbox) -> None:
+    config = replay_config("profile.solve_budget_s=0.5", "budget.safety_margin_s=0")
+    engine = SlowToLoadReplay(**ReplayEngine.from_config(config).__dict__)
+    harness = AsyncHarness(config, engine, sandbox, problems_total=2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    result = await harness.solve("p0", RECORDS[0]["question"])
+    assert loop.time() - started < 1.0
+    assert result.used_fallback and result.stop_reason == "engine not ready"
+    # The load went on in the background; once done, problems are solved again.
+    harness.config.profile.solve_budget_s = 60.0
+    result = await harness.solve("p1", RECORDS[1]["question"])
+    assert result.answer == 3 and not result.used_fallback

@@ -86,6 +86,7 @@ class Sandbox:
         max_output_chars: int = 1000,
         truncation_marker: str = "<output cut>",
         max_concurrent_calls: int = 64,
+        spare_sessions: int = 2,
     ) -> None:
         self.max_output_chars = max_output_chars
         self.truncation_marker = truncation_marker
@@ -103,11 +104,16 @@ class Sandbox:
         self._sessions_lock = threading.Lock()
         self._server_lock = threading.Lock()
         self._closed = False
+        # Sessions forked and warmed ahead of need, so a new session costs no fork.
+        self._spare_target = spare_sessions
+        self._spares: list[_Session] = []
+        self._refilling = False
         self._executor = ThreadPoolExecutor(max_concurrent_calls, thread_name_prefix="sandbox")
         self._server: subprocess.Popen[bytes] | None = None
         self._server_channel: socket.socket | None = None
         self._server_ready = False
         self._start_server()
+        self._refill_spares()
 
     @classmethod
     def from_config(cls, config: Config) -> Sandbox:
@@ -123,6 +129,7 @@ class Sandbox:
             preload=sc.preload,
             max_output_chars=config.tir.max_output_chars,
             truncation_marker=config.tir.truncation_marker,
+            spare_sessions=sc.spare_sessions,
         )
 
     # -- public API -----------------------------------------------------------------------
@@ -171,9 +178,10 @@ class Sandbox:
         """Kill every session and the fork server."""
         if self._closed:
             return
-        self._closed = True
         with self._sessions_lock:
-            sessions = list(self._sessions.values())
+            self._closed = True
+            sessions = [*self._sessions.values(), *self._spares]
+            self._spares.clear()
         for sess in sessions:
             self._discard(sess, grace_s=0.0)
         self._stop_server()
@@ -193,8 +201,16 @@ class Sandbox:
     # -- sessions -------------------------------------------------------------------------
 
     def _session(self, name: str) -> _Session:
+        """The named session; a new one is a spare when there is one, else forked now."""
         with self._sessions_lock:
             sess = self._sessions.get(name)
+            if sess is not None:
+                return sess
+            if self._spares:
+                sess = self._spares.pop()
+                sess.name = name
+                self._sessions[name] = sess
+        self._refill_spares()
         if sess is not None:
             return sess
         sess = self._spawn(name)
@@ -203,6 +219,36 @@ class Sandbox:
         if existing is not sess:  # another thread created it first
             self._discard(sess, grace_s=0.0)
         return existing
+
+    def _refill_spares(self) -> None:
+        with self._sessions_lock:
+            if self._refilling or self._closed or len(self._spares) >= self._spare_target:
+                return
+            self._refilling = True
+        self._executor.submit(self._refill_loop)
+
+    def _refill_loop(self) -> None:
+        """Fork and warm spares up to the target (on a worker thread)."""
+        try:
+            while True:
+                with self._sessions_lock:
+                    if self._closed or len(self._spares) >= self._spare_target:
+                        return
+                sess = self._spawn("")
+                # The first cell pays the copy-on-write faults; pay them now, not in a call.
+                status, *_ = self._execute(sess, 'print(end="")', time.monotonic() + 30.0)
+                with self._sessions_lock:
+                    keep = status == "ok" and not self._closed
+                    if keep:
+                        self._spares.append(sess)
+                if not keep:
+                    self._discard(sess, grace_s=0.0)
+                    return
+        except SandboxError as exc:
+            LOG.warning("sandbox could not prepare a spare session: %s", exc)
+        finally:
+            with self._sessions_lock:
+                self._refilling = False
 
     def _spawn(self, name: str) -> _Session:
         workdir = tempfile.mkdtemp(prefix="aimo-sandbox-")
