@@ -158,7 +158,7 @@ class ChecksConfig:
 
 @dataclass
 class PipelineConfig:
-    work_dir: str = "build-work"
+    work_dir: str = "build_out"
     python: str = "python"
     fetch: FetchConfig = field(default_factory=FetchConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)

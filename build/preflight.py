@@ -44,7 +44,10 @@ def check_fp8_gpu(
     if not uses_fp8:
         return []
     if capability is None:
-        return ["no NVIDIA GPU found (nvidia-smi): FP8 quantization and builds need one"]
+        return [
+            "no GPU compute capability from `nvidia-smi --query-gpu=compute_cap`: "
+            "FP8 quantization and builds need an Ada/Hopper GPU"
+        ]
     if not supports_fp8(capability):
         cap = f"{capability[0]}.{capability[1]}"
         return [

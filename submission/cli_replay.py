@@ -122,7 +122,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             kaggle.configure(harness, config)
             test_csv = _write_test_csv(problems, out_dir)
-            evaluation = kaggle.find_kaggle_evaluation(args.data_dir) if args.data_dir else None
+            evaluation = (
+                kaggle.find_kaggle_evaluation(args.data_dir, config.profile)
+                if args.data_dir
+                else None
+            )
             if evaluation is not None:
                 submission_path = kaggle.run_real_local_gateway(
                     evaluation, config, test_csv, out_dir

@@ -78,7 +78,9 @@ class PromptConfig:
 class GenerationConfig:
     """Sampling parameters sent to the engine (NeMo-Skills' official TIR evaluation)."""
 
-    max_tokens: int = 32_768
+    # Generated tokens per attempt. The recipe's engine holds 32,000 tokens in all: the
+    # prompt (~300) and up to 8 fed-back outputs (~300 tokens each) must fit beside these.
+    max_tokens: int = 28_000
     temperature: float = 0.6
     top_p: float = 0.95
     top_k: int = 0  # 0 = off
@@ -105,7 +107,7 @@ class TirConfig:
 class SolverConfig:
     """One problem: how many attempts, what to answer when none does."""
 
-    attempts: int = 8
+    attempts: int = 16  # the default policy narrows this down on a slow engine
     # Answered when no attempt produced an in-range integer, and by predict() on failure.
     fallback_answer: int = 0
     # How often (s) the early-stop policy is consulted while nothing finishes.
@@ -122,17 +124,34 @@ class BudgetConfig:
     # Seconds kept back from the profile's solve budget for start-up surprises.
     safety_margin_s: float = 600.0
     min_problem_s: float = 60.0
-    max_problem_s: float = 900.0
+    # Generous on purpose: on a slow engine a hard problem needs more than 900 s.
+    max_problem_s: float = 3600.0
+    # A problem gets this many fair shares of the whole budget, plus the time saved so far ...
+    base_shares: float = 1.8
+    # ... but at most this many equal shares of the time now left.
+    stretch: float = 2.5
 
 
 @dataclass
 class EarlyStopConfig:
-    """When the vote is settled (used by submission.policy.early_stop)."""
+    """When the vote is settled and how it is counted (policy.early_stop, policy.selection)."""
 
     # Stop when this many finished attempts agree.
-    agree: int = 4
+    agree: int = 5
     # Stop when the leader can no longer be caught by the attempts still running.
     stop_when_uncatchable: bool = True
+    # After this fraction of the problem's budget, a lead of one vote settles it.
+    late_fraction: float = 0.5
+    # Give up when every running attempt has decoded this many tokens without an answer.
+    give_up_tokens: int = 24_000
+    # Cancel attempts until each one left can decode this many tokens by the deadline ...
+    narrow_tokens: int = 40_000
+    # ... but keep at least this many running.
+    min_running: int = 3
+    # The engine's slow-down per extra stream, for that projection (H100 measurement).
+    contention: float = 0.087
+    # Each vote weighs (1 + code errors) ** -error_power; 0 = plain majority.
+    error_power: float = 0.5
 
 
 @dataclass
@@ -233,6 +252,9 @@ class OpenaiEngineConfig:
     api_key: str = "EMPTY"
     max_retries: int = 5
     request_timeout_s: float = 3600.0
+    connect_timeout_s: float = 10.0
+    # Backoff before retry n (n = 1, 2, ...): retry_backoff_s * 2**(n-1), at most 30 s.
+    retry_backoff_s: float = 0.5
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 Pushed alone as a script, it first finds the `submission` package in an
 attached dataset (or `--code-dir` / `$AIMO_CODE_DIR`, or the checkout it sits
-in), then installs the offline wheels if a wheel folder is attached, and then:
+in; else the installed package; else it installs our own wheel from the wheel
+dataset), then installs the offline wheels if a wheel folder is attached, and then:
 
 1. starts the harness: the sandbox first (before anything touches CUDA), the
    asyncio loop, and the engine's loading in the background;
@@ -13,14 +14,20 @@ in), then installs the offline wheels if a wheel folder is attached, and then:
    `kaggle_evaluation` found, the built-in gateway replay;
 4. outside a rerun, writes the attempt log and report next to the submission.
 
+With no flags (as on Kaggle) the config is `$AIMO_CONFIG` or `kaggle.toml`
+inside the package, when present; else the defaults.
+
 The run's global budget counts from this process's start.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +42,10 @@ log = logging.getLogger("submission.kernel")
 KAGGLE_INPUT = Path("/kaggle/input")
 ENV_CODE_DIR = "AIMO_CODE_DIR"
 ENV_WHEEL_DIR = "AIMO_WHEEL_DIR"
+ENV_CONFIG = "AIMO_CONFIG"
+PACKAGE_NAME = "aimo-submission"  # our wheel's name in the wheel dataset
+# The production config inside the package (engine kind and paths), used when no --config.
+DEFAULT_CONFIG = "kaggle.toml"
 
 
 def process_started_at() -> float:
@@ -59,12 +70,41 @@ def find_code_root(code_dir: Path | None) -> Path | None:
         if (candidate / "submission" / "__init__.py").is_file():
             log.info("code: %s", candidate)
             return candidate
-    log.error("code: no submission package in %s", [str(c) for c in candidates])
+    log.info("code: no submission package in %s", [str(c) for c in candidates])
     return None
 
 
+def make_package_importable(code_dir: Path | None, wheel_dir: Path | None) -> bool:
+    """Source on sys.path; else an installed package; else our wheel from the wheel dataset."""
+    root = find_code_root(code_dir)
+    if root is not None:
+        if str(root) not in sys.path:
+            sys.path.insert(0, str(root))
+        return True
+    if importlib.util.find_spec("submission") is not None:
+        log.info("code: the installed submission package")
+        return True
+    wheels = find_wheel_dir(wheel_dir)
+    if wheels is None:
+        log.error("code: no source, no installed package, no wheel dataset: attach one")
+        return False
+    # Our own wheel alone (stdlib only: submission.offline is inside it); its dependencies follow.
+    folder = wheels / "wheels" if (wheels / "wheels").is_dir() else wheels
+    argv = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps"]
+    argv += ["--disable-pip-version-check", "--find-links", str(folder), PACKAGE_NAME]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    importlib.invalidate_caches()
+    if done.returncode != 0 or importlib.util.find_spec("submission") is None:
+        log.error(
+            "code: installing %s from %s failed:\n%s", PACKAGE_NAME, folder, done.stderr[-2000:]
+        )
+        return False
+    log.info("code: installed %s from %s", PACKAGE_NAME, folder)
+    return True
+
+
 def find_wheel_dir(wheel_dir: Path | None) -> Path | None:
-    """The attached folder of offline wheels: flag, env, or the first dataset holding *.whl."""
+    """The attached wheel dataset (its wheels/ or itself holding *.whl): flag, env, datasets."""
     candidates: list[Path] = []
     if wheel_dir is not None:
         candidates.append(wheel_dir)
@@ -73,7 +113,7 @@ def find_wheel_dir(wheel_dir: Path | None) -> Path | None:
     if KAGGLE_INPUT.is_dir():
         candidates += sorted(KAGGLE_INPUT.glob("*")) + sorted(KAGGLE_INPUT.glob("*/*"))
     for candidate in candidates:
-        if candidate.is_dir() and any(candidate.glob("*.whl")):
+        if any(candidate.glob("wheels/*.whl")) or any(candidate.glob("*.whl")):
             log.info("wheels: %s", candidate)
             return candidate
     log.info("wheels: none attached (looked in %d places)", len(candidates))
@@ -117,14 +157,20 @@ def run_kernel(
             return 0
         out = out_dir or Path(config.output.out_dir)
         test = test_csv or default_test_csv(root, profile)
-        if root is not None:
-            submission = kaggle.run_real_local_gateway(root, config, test, out)
-        else:
-            submission = gateway.run_builtin_gateway(kaggle.predict, test, profile, out)
-        for problem in gateway.check_submission(submission, test, profile):
-            log.error("submission: %s", problem)
+        code = 0
+        try:
+            if root is not None:
+                submission = kaggle.run_real_local_gateway(root, config, test, out)
+            else:
+                submission = gateway.run_builtin_gateway(kaggle.predict, test, profile, out)
+            for problem in gateway.check_submission(submission, test, profile):
+                log.error("submission: %s", problem)
+                code = 1
+        except Exception:  # the gateway failed the run: say why, keep what was solved
+            log.exception("the gateway failed")
+            code = 1
         harness.write_outputs(out)
-        return 0
+        return code
     finally:
         kaggle.configure(None)
         harness.close()
@@ -151,6 +197,17 @@ def install_wheels(wheel_dir: Path | None) -> None:
         log.error("installing the offline wheels from %s failed; going on with what is here", found)
 
 
+def detect_profile(default: str) -> str:
+    """The profile whose competition folder is attached (AIMO-3 first), else `default`."""
+    from submission.config import PROFILES, ProfileConfig
+
+    for name, fields in PROFILES.items():
+        competition_dir = fields.get("competition_dir", ProfileConfig.competition_dir)
+        if Path(competition_dir).is_dir():
+            return name
+    return default
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -159,11 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     pre.add_argument("--code-dir", type=Path, default=None)
     pre.add_argument("--wheel-dir", type=Path, default=None)
     early, rest = pre.parse_known_args(argv)
-    code_root = find_code_root(early.code_dir)
-    if code_root is None:
+    if not make_package_importable(early.code_dir, early.wheel_dir):
         return 1
-    if str(code_root) not in sys.path:
-        sys.path.insert(0, str(code_root))
     install_wheels(early.wheel_dir)
     started_at = process_started_at()
     from submission.config import ConfigError, config_from_args
@@ -171,6 +225,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kernel.py", description=__doc__)
     add_arguments(parser)
     args = parser.parse_args(rest)
+    if args.config_file is None:  # on Kaggle there are no flags: $AIMO_CONFIG or kaggle.toml
+        import submission
+
+        package_dir = Path(submission.__file__).resolve().parent
+        default = Path(os.environ.get(ENV_CONFIG, package_dir / DEFAULT_CONFIG))
+        args.config_file = default if default.is_file() else None
+    if not any(arg.split("=")[0] == "--profile" for arg in rest):  # on Kaggle: the competition whose data is attached
+        args.profile = detect_profile(args.profile)
+    log.info("config: %s, profile %s", args.config_file or "defaults", args.profile)
     try:
         config = config_from_args(args)
     except ConfigError as exc:

@@ -17,6 +17,7 @@ scaled by f, and it is what a slower engine or a longer-thinking model does.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import logging
@@ -125,6 +126,7 @@ class ProblemOutcome:
     seconds: float
     stop_reason: str
     finished: tuple[FinishedAttempt, ...]
+    tokens: int  # decoded by all attempts, finished or not (what the engine spent)
 
 
 def simulate_problem(
@@ -140,6 +142,7 @@ def simulate_problem(
     # (tokens decoded per stream) describes them all; attempts finish in token order.
     running = sorted(range(len(attempts)), key=lambda i: _tokens_to_finish(attempts[i]))
     decoded = 0.0
+    cancelled_tokens = 0.0
     finished: list[FinishedAttempt] = []
     now = 0.0
     next_tick = tick_s
@@ -180,8 +183,11 @@ def simulate_problem(
             reason = decision.reason or "early stop"
             break
         if decision.cancel:
-            running = [i for i in running if i not in decision.cancel]
-    return ProblemOutcome(policy.selection.select(finished), now, reason, tuple(finished))
+            kept = [i for i in running if i not in decision.cancel]
+            cancelled_tokens += decoded * (len(running) - len(kept))
+            running = kept
+    tokens = sum(a.tokens for a in finished) + int(cancelled_tokens + decoded * len(running))
+    return ProblemOutcome(policy.selection.select(finished), now, reason, tuple(finished), tokens)
 
 
 @dataclass(frozen=True)
@@ -227,7 +233,7 @@ def simulate_run(
                 attempts=policy.attempts,
                 answered=len(votes),
                 top_votes=votes.count(outcome.answer) if outcome.answer is not None else 0,
-                tokens=sum(a.tokens for a in outcome.finished),
+                tokens=outcome.tokens,
                 stop_reason=outcome.stop_reason,
                 is_correct=correct,
             )
@@ -294,6 +300,101 @@ def sweep(
     return rows
 
 
+# The tuned parameters and the values leave-problems-out cross-validation chooses among.
+CV_GRID: dict[str, tuple[float, ...]] = {
+    "budget.base_shares": (1.4, 1.8, 2.2),
+    "budget.stretch": (2.0, 2.5, 3.0),
+    "early_stop.error_power": (0.0, 0.5),
+}
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    fraction: float
+    score_mean: float  # held-out problems answered right, summed over folds
+    score_sd: float
+    chosen: tuple[str, ...]  # the candidate each fold chose
+
+
+def cross_validate(
+    config: Config,
+    problems: Sequence[LoggedProblem],
+    fractions: Sequence[float],
+    seeds: int,
+    single_stream_rate: float,
+    contention: float,
+    tick_s: float,
+    folds: int = 5,
+) -> list[CrossValidation]:
+    """Leave-problems-out: tune on the other folds' problems, score the held-out ones.
+
+    Each fold picks the CV_GRID candidate with the best mean score over all
+    fractions on runs of the training problems only; that policy then plays
+    whole runs of all problems and only the held-out problems are counted.
+    """
+    order = sorted(problems, key=lambda p: p.problem_id)
+    random.Random(0).shuffle(order)
+    names = list(CV_GRID)
+    candidates = [dict(zip(names, values, strict=True)) for values in _product(CV_GRID)]
+    held_scores = {f: [0] * seeds for f in fractions}
+    chosen = []
+    for fold in range(folds):
+        held = {p.problem_id for p in order[fold::folds]}
+        train = [p for p in order if p.problem_id not in held]
+
+        def fitness(candidate: dict[str, float], train: list[LoggedProblem] = train) -> float:
+            rows = sweep(
+                [_policy_with(config, candidate)],
+                train,
+                fractions,
+                seeds,
+                single_stream_rate,
+                contention,
+                tick_s,
+                base_seed=1000,
+            )
+            return statistics.fmean(r.score_mean for r in rows)
+
+        best = max(candidates, key=fitness)
+        chosen.append(",".join(f"{k.split('.')[-1]}={v:g}" for k, v in best.items()))
+        policy = _policy_with(config, best)
+        for fraction in fractions:
+            for seed in range(seeds):
+                outcome = simulate_run(
+                    policy,
+                    problems,
+                    BUDGET_PER_PROBLEM_S * len(problems),
+                    single_stream_rate * fraction,
+                    contention,
+                    random.Random(seed),
+                    tick_s,
+                )
+                held_scores[fraction][seed] += sum(
+                    bool(s.is_correct) for s in outcome.per_problem if s.problem_id in held
+                )
+        log.info("fold %d/%d chose %s", fold + 1, folds, chosen[-1])
+    return [
+        CrossValidation(f, statistics.fmean(v), statistics.pstdev(v), tuple(chosen))
+        for f, v in held_scores.items()
+    ]
+
+
+def _product(grid: dict[str, tuple[float, ...]]) -> list[tuple[float, ...]]:
+    import itertools
+
+    return list(itertools.product(*grid.values()))
+
+
+def _policy_with(config: Config, values: dict[str, float]) -> Policy:
+    from submission.config import set_field
+    from submission.policy.defaults import default_policy
+
+    tuned = copy.deepcopy(config)
+    for dotted, value in values.items():
+        set_field(tuned, dotted, repr(value))
+    return default_policy(tuned)
+
+
 def simulation_config(config: Config, problems: int) -> Config:
     """The config with its run-level safety margin scaled to the log's problem count."""
     scale = problems / config.profile.problems
@@ -330,6 +431,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tick", type=float, default=1.0, help="policy consult interval (s)")
     parser.add_argument("--plot", default="simulate.png", help="PNG plot path ('' = none)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.add_argument(
+        "--cross-validate",
+        action="store_true",
+        help="leave-problems-out estimate of the default policy tuned over CV_GRID (5 folds)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -353,6 +459,15 @@ def run(args: argparse.Namespace) -> int:
         frame, args.concurrency, contention
     )
     log.info("%d problems, R1 = %.1f tokens/s, a = %.3f", len(problems), rate, contention)
+    if args.cross_validate:
+        cv = cross_validate(
+            config, problems, args.fractions, args.seeds, rate, contention, args.tick
+        )
+        if args.json:
+            sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in cv], indent=1) + "\n")
+        else:
+            print_cross_validation(cv, len(problems))
+        return 0
     rows = sweep(
         all_policies(config), problems, args.fractions, args.seeds, rate, contention, args.tick
     )
@@ -364,6 +479,20 @@ def run(args: argparse.Namespace) -> int:
         plot(rows, len(problems), Path(args.plot))
         log.info("plot written to %s", args.plot)
     return 0
+
+
+def print_cross_validation(rows: Sequence[CrossValidation], problems: int) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"leave-problems-out estimate: held-out score out of {problems}")
+    for column in ("fraction", "score", "sd"):
+        table.add_column(column, justify="right")
+    for r in rows:
+        table.add_row(f"{r.fraction:g}", f"{r.score_mean:.2f}", f"{r.score_sd:.2f}")
+    console = Console()
+    console.print(table)
+    console.print("chosen per fold: " + "; ".join(rows[0].chosen if rows else ()))
 
 
 def print_table(rows: Sequence[SweepRow], problems: int) -> None:

@@ -78,7 +78,7 @@ def test_fp8_needs_ada_or_hopper(tmp_path: Path, tools_on_path: None) -> None:
     assert "compute capability 8.0) has no FP8" in problem and "int8_wo" in problem
     assert any("has no FP8" in p for p in check("engine", config, a100))
     no_gpu = pipeline.Facts(None, None, "0.19.0", True, 500.0)
-    assert any("no NVIDIA GPU" in p for p in check("quantize", config, no_gpu))
+    assert any("no GPU compute capability" in p for p in check("quantize", config, no_gpu))
     # Ada (L4, sm_89) has FP8.
     l4 = pipeline.Facts("NVIDIA L4", (8, 9), "0.19.0", True, 500.0)
     assert check("quantize", config, l4) == []

@@ -89,8 +89,10 @@ def test_requirements_pin_everything_pyproject_needs() -> None:
     reason="the wheelhouse targets manylinux x86_64",
 )
 def test_offline_install_into_a_fresh_venv(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    # Downloads are cached in pytest's cache dir: pip skips wheels it already has.
-    dataset = Path(request.config.cache.mkdir("offline-wheelhouse")) / "dataset"
+    # Downloads are cached in pytest's cache dir (pip skips wheels it already has), if enabled.
+    cache = getattr(request.config, "cache", None)
+    root = Path(cache.mkdir("offline-wheelhouse")) if cache is not None else tmp_path
+    dataset = root / "dataset"
     python_version = f"{sys.version_info.major}.{sys.version_info.minor}"
     download.build_wheelhouse(
         dataset, python_version, dataset_id="me/aimo-wheels", title="AIMO wheels"

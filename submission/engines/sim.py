@@ -119,7 +119,9 @@ class SimEngine:
     async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
         problem, attempt = self.pick(prompt, params.seed)
         rng = random.Random(f"{problem.problem_id}/{params.seed}/error")
-        fails_at = rng.uniform(0.1, 0.9) * attempt.tokens if rng.random() < self.error_rate else None
+        fails_at = (
+            rng.uniform(0.1, 0.9) * attempt.tokens if rng.random() < self.error_rate else None
+        )
         goal = float(attempt.tokens) if attempt.finishes else float("inf")
         limit = float(params.max_tokens)
         decoded = 0.0
@@ -141,8 +143,8 @@ class SimEngine:
                     yield Chunk("", new, finish_reason="error", error="sim: injected engine error")
                     return
                 elif end == goal:
-                    stop = params.stop[0] if params.stop else None
-                    yield Chunk(f"\\boxed{{{attempt.answer}}}", new, finish_reason="stop", stop=stop)
+                    # Ended by EOS, not a stop string (so never mistaken for a code stop).
+                    yield Chunk(f"\\boxed{{{attempt.answer}}}", new, finish_reason="stop")
                     return
                 else:
                     yield Chunk(text="", tokens=new, finish_reason="length")

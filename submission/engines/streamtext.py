@@ -43,6 +43,11 @@ class StopMatcher:
         self._held = window[cut:]
         return window[:cut], None
 
+    @property
+    def held(self) -> str:
+        """Text received but not yet emitted (it may be the start of a stop string)."""
+        return self._held
+
     def flush(self) -> str:
         """The held-back text, when the stream ends without a stop string."""
         held, self._held = self._held, ""

@@ -9,14 +9,27 @@ from submission.policy import RunState
 
 @dataclass(frozen=True)
 class FairShareWithBank:
-    """An equal share of the time left (after a safety margin), clamped to [min, max]."""
+    """A base of `base_shares` fair shares plus the bank of saved time, at most `stretch` shares.
+
+    The fair share at the start is the usable budget (after the safety margin)
+    over all problems. The bank is the time the run is ahead of that pace. A
+    problem gets `base_shares` starting shares plus the bank, but at most
+    `stretch` times an equal share of the time now left: a slow engine gets a
+    fixed cut per problem (time spent on hopeless problems is capped), a fast
+    one lets contested problems draw on what easy ones left. Never more than is
+    usable, whatever the clamps [min_problem_s, max_problem_s] say.
+    """
 
     safety_margin_s: float = 600.0
     min_problem_s: float = 60.0
-    max_problem_s: float = 900.0
+    max_problem_s: float = 3600.0
+    base_shares: float = 1.8
+    stretch: float = 2.5
 
     def problem_seconds(self, run: RunState) -> float:
         usable = run.time_left_s - self.safety_margin_s
-        share = usable / run.problems_left
-        # Never promise more than is usable, even when the minimum says otherwise.
-        return max(0.0, min(max(share, self.min_problem_s), self.max_problem_s, usable))
+        share_now = usable / run.problems_left
+        share_at_start = (run.solve_budget_s - self.safety_margin_s) / run.problems_total
+        bank = share_at_start * len(run.history) - run.elapsed_s
+        seconds = min(self.base_shares * share_at_start + max(0.0, bank), self.stretch * share_now)
+        return max(0.0, min(max(seconds, self.min_problem_s), self.max_problem_s, usable))

@@ -26,10 +26,10 @@ from submission.config import add_config_arguments, config_from_args
 LOG = logging.getLogger(__name__)
 
 MismatchKind = Literal[
-    "match", "whitespace", "truncation", "error_text", "float_format", "randomness", "semantic"
+    "match", "whitespace", "float_format", "truncation", "error_text", "randomness", "semantic"
 ]
 KINDS: tuple[MismatchKind, ...] = (
-    "match", "whitespace", "truncation", "error_text", "float_format", "randomness", "semantic",
+    "match", "whitespace", "float_format", "truncation", "error_text", "randomness", "semantic",
 )  # fmt: skip
 DEFAULT_TRANSCRIPTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "transcripts"
 TORA_FILES = ("tora70b_gsm8k.jsonl", "toracode34b_gsm8k.jsonl")
@@ -49,14 +49,14 @@ def classify_mismatch(ours: str, recorded: str) -> MismatchKind:
     - ``match``: equal once leading and trailing whitespace of the whole text is
       removed (executors frame the output block differently).
     - ``whitespace``: equal once every run of whitespace becomes one space.
+    - ``float_format``: the same text with the same numbers, written differently
+      (``18.0`` against ``18``, ``0.30000000000000004`` against ``0.3``; relative
+      tolerance 1e-6).
     - ``truncation``: one side was cut (it ends with a cut marker such as
       ``<output cut>`` or ``...``, or is simply shorter) and is a prefix of the other.
     - ``error_text``: both report an error of the same exception type, told
       differently (a full traceback against a one-line report, other wording, the
       timeout message of another executor).
-    - ``float_format``: the same text with the same numbers, written differently
-      (``18.0`` against ``18``, ``0.30000000000000004`` against ``0.3``; relative
-      tolerance 1e-6).
     - ``randomness``: differs only in what changes from run to run: memory
       addresses (``0x7f...``), or the same tokens in another order (set and dict
       order under hash randomisation).
@@ -67,6 +67,8 @@ def classify_mismatch(ours: str, recorded: str) -> MismatchKind:
         return "match"
     if " ".join(a.split()) == " ".join(b.split()):
         return "whitespace"
+    if _same_numbers(a, b):
+        return "float_format"
     if _is_truncation(a, b) or _is_truncation(b, a):
         return "truncation"
     error_a, error_b = _error_type(a), _error_type(b)
@@ -74,8 +76,6 @@ def classify_mismatch(ours: str, recorded: str) -> MismatchKind:
         both_timeouts = "Timeout" in error_a and "Timeout" in error_b
         if error_a == error_b or both_timeouts:
             return "error_text"
-    if _same_numbers(a, b):
-        return "float_format"
     if _ADDRESS.sub("0x", a) == _ADDRESS.sub("0x", b) or sorted(a.split()) == sorted(b.split()):
         return "randomness"
     return "semantic"

@@ -7,11 +7,13 @@ one socket from the harness, one at a time:
 - ``spawn`` (with three descriptors: the session's channel, stdout and stderr
   pipe ends) forks a session process: new process group, its own working
   directory, resource limits, no GPU, an unprivileged user when run as root;
-- ``kill`` kills a session's whole process tree, reaps it and reports how it ended.
+- ``kill`` kills a session's whole process tree and, when the session had
+  already died by itself (within ``grace_s``), reports its exit code or signal.
 
 It is a child subreaper, so processes orphaned by a session come back to it,
-and it kills every child that is not a live session. When the harness goes
-away (channel closed) it kills all sessions and exits.
+and it kills every child that is not a live session. It reaps in its loop,
+never waiting for a killed process to go. When the harness goes away (channel
+closed) it kills all sessions and exits.
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ def main() -> None:
     gc.freeze()
     live: set[int] = set()  # session processes the harness is using
     ended: dict[int, int] = {}  # wait status of live sessions that died on their own
-    protocol.send(channel, {"ready": True, "failed_preloads": failed})
+    try:
+        protocol.send(channel, {"ready": True, "failed_preloads": failed})
+    except OSError:  # the harness closed the sandbox before it was ready
+        return
     while True:
         _reap(live, ended)
         dying = _children(os.getpid()) - live
@@ -73,15 +78,19 @@ def main() -> None:
             pid = _spawn(request, fds, channel, display, path_fds)
             live.add(pid)
             reply: dict[str, Any] = {"pid": pid}
-        elif op == "kill" and request.get("pid") in live:
-            pid = int(request["pid"])
+        elif op == "kill":
+            pid = request.get("pid")
+            # An unknown pid belonged to a server that died: nothing left to kill.
+            reply = _kill_session(pid, float(request["grace_s"]), ended) if pid in live else {}
             live.discard(pid)
-            reply = _kill_session(pid, float(request.get("grace_s", 0.0)), ended)
         else:
             reply = {"error": f"bad request {op!r}"}
         for fd in fds:
             os.close(fd)
-        protocol.send(channel, reply)
+        try:
+            protocol.send(channel, reply)
+        except OSError:
+            break
     for pid in _children(os.getpid()):
         _kill_tree(pid)
 
@@ -188,7 +197,8 @@ def _become_session(
     os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PWD": workdir})
     limits = request["limits"]
     for name, value in limits.items():
-        resource.setrlimit(getattr(resource, name), (value, value))
+        soft, hard = value
+        resource.setrlimit(getattr(resource, name), (soft, hard))
     uid, gid = request.get("uid"), request.get("gid")
     if uid is not None and gid is not None:
         os.setgroups([])
@@ -216,9 +226,13 @@ def _kill_session(pid: int, grace_s: float, ended: dict[int, int]) -> dict[str, 
         status = _try_reap(pid)
         if status is None:
             time.sleep(0.002)
-    _kill_tree(pid)
     if status is None:
+        _kill_tree(pid)
         return {}
+    # Reaped: its pid may be reused, but not while its group lives, so kill only that;
+    # its other orphans came back to this server, which kills them in its loop.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
     if os.WIFSIGNALED(status):
         return {"signal": os.WTERMSIG(status)}
     return {"exit_code": os.WEXITSTATUS(status)}

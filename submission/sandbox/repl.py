@@ -3,13 +3,15 @@
 A cell's final bare expression is displayed the way IPython displays it, and
 errors are shown as IPython's plain traceback (mode "Plain", no colours) with
 the harness's own frames removed, every cell labelled ``Cell In[1]`` as in the
-NeMo-Skills sandbox the OpenMath models were trained with.
+NeMo-Skills sandbox the OpenMath models were trained with. Like that sandbox
+(IPython's run_cell without history), a trailing semicolon does not hide the value.
 """
 
 from __future__ import annotations
 
 import ast
 import builtins
+import codeop
 import contextlib
 import io
 import itertools
@@ -27,7 +29,12 @@ CELL_LABEL = "Cell In[1]"
 _CELL_PREFIX = "<sandbox-cell-"
 # Read at import, in the fork server: sessions get their own HOME.
 _HOME = os.path.expanduser("~")
-_SYSTEM_EXIT_NOTE = "An exception has occurred, use %tb to see the full traceback.\n\n"
+_SYSTEM_EXIT_NOTE = "An exception has occurred, use %tb to see the full traceback.\n"
+_CAUSE_NOTE = "\nThe above exception was the direct cause of the following exception:\n"
+_CONTEXT_NOTE = "\nDuring handling of the above exception, another exception occurred:\n"
+_PARSE_FLAGS = (
+    ast.PyCF_ONLY_AST | codeop.PyCF_DONT_IMPLY_DEDENT | codeop.PyCF_ALLOW_INCOMPLETE_INPUT
+)
 
 
 def display_formatter() -> Callable[[Any], str]:
@@ -56,6 +63,10 @@ def serve(
     enter to /proc/self/fd paths it can (for library source in tracebacks).
     """
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+    session_pid = os.getpid()
+    # Our own streams: line-buffered (output printed before a timeout is kept) and
+    # never failing on text UTF-8 cannot encode (lone surrogates).
+    sys.__stdout__, sys.__stderr__ = _text_stream(1), _text_stream(2)
     for count in itertools.count(1):
         try:
             request, _ = protocol.recv(channel)
@@ -63,6 +74,8 @@ def serve(
             os._exit(0)
         _restore_std_streams(out_fd, err_fd)
         status = run_cell(str(request.get("code", "")), namespace, count, display, path_map)
+        if os.getpid() != session_pid:  # a process the cell forked: never a second REPL
+            os._exit(0)
         for stream in (sys.__stdout__, sys.__stderr__):
             with contextlib.suppress(OSError, ValueError):
                 stream.flush()
@@ -83,45 +96,41 @@ def run_cell(
     filename = f"{_CELL_PREFIX}{count}>"
     linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
     try:
-        tree = ast.parse(code, filename=filename)
+        # IPython's flags: an unfinished cell reads "incomplete input", as it does there.
+        tree = compile(code, filename, "exec", _PARSE_FLAGS, dont_inherit=True)
     except (SyntaxError, ValueError) as exc:  # ValueError: source with null bytes
         # IPython shows a cell that does not compile without a traceback header.
-        sys.stderr.write(_format_exception_only(exc))
+        _write_stderr(_exception_only(exc))
         return "error"
     shown: ast.Expression | None = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr) and not _ends_with_semicolon(code):
+    if tree.body and isinstance(tree.body[-1], ast.Expr):
         shown = ast.Expression(tree.body.pop().value)
     try:
-        exec(compile(tree, filename, "exec"), namespace)
+        exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
         if shown is not None:
-            value = eval(compile(shown, filename, "eval"), namespace)
+            value = eval(compile(shown, filename, "eval", dont_inherit=True), namespace)
             if value is not None:
                 print(display(value))
     except SystemExit as exc:
-        sys.stderr.write(_SYSTEM_EXIT_NOTE + _format_exception_only(exc))
+        _write_stderr(_SYSTEM_EXIT_NOTE + _exception_only(exc))
         return "error"
     except BaseException as exc:
-        sys.stderr.write(_format_exception(exc, path_map or {}))
+        _write_stderr(_format_exception(exc, path_map or {}))
         return "error"
     return "ok"
 
 
-def _ends_with_semicolon(code: str) -> bool:
-    lines = [line for line in code.rstrip().splitlines() if line.strip()]
-    return bool(lines) and lines[-1].split("#")[0].rstrip().endswith(";")
+def _write_stderr(text: str) -> None:
+    """Write an error report; a cell that closed its stderr loses it, the session lives on."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        sys.stderr.write(text)
 
 
 def _format_exception(exc: BaseException, path_map: dict[str, str]) -> str:
-    """IPython's plain traceback text, chained exceptions included, harness frames dropped."""
-    te = traceback.TracebackException.from_exception(exc)
-    return "".join(_format_one(link, path_map) for link in _chain(te))
-
-
-def _chain(te: traceback.TracebackException) -> list[traceback.TracebackException | _Note]:
-    """Oldest cause first, the way Python and IPython print a chain."""
-    chain: list[traceback.TracebackException] = []
-    node: traceback.TracebackException | None = te
-    while node is not None and len(chain) < 32:
+    """IPython's plain traceback text, chained exceptions first, harness frames dropped."""
+    chain: list[BaseException] = []
+    node: BaseException | None = exc
+    while node is not None and node not in chain and len(chain) < 32:
         chain.append(node)
         if node.__cause__ is not None:
             node = node.__cause__
@@ -129,32 +138,18 @@ def _chain(te: traceback.TracebackException) -> list[traceback.TracebackExceptio
             node = node.__context__
         else:
             node = None
-    chain.reverse()
-    out: list[traceback.TracebackException | _Note] = []
-    for index, link in enumerate(chain):
-        out.append(link)
-        if index + 1 < len(chain):
-            nxt = chain[index + 1]
-            note = (
-                "\nThe above exception was the direct cause of the following exception:\n"
-                if nxt.__cause__ is not None
-                else "\nDuring handling of the above exception, another exception occurred:\n"
-            )
-            out.append(_Note(note))
-    return out
+    parts: list[str] = []
+    for older, newer in itertools.pairwise(reversed(chain)):
+        parts.append(_format_one(older, path_map))
+        parts.append(_CAUSE_NOTE if newer.__cause__ is older else _CONTEXT_NOTE)
+    parts.append(_format_one(chain[0], path_map))
+    return "".join(parts)
 
 
-class _Note:
-    """A line between two exceptions of a chain."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-
-def _format_one(link: traceback.TracebackException | _Note, path_map: dict[str, str]) -> str:
-    if isinstance(link, _Note):
-        return link.text
-    frames = [f for f in link.stack if not _is_harness_file(f.filename)]
+def _format_one(exc: BaseException, path_map: dict[str, str]) -> str:
+    frames = [
+        f for f in traceback.extract_tb(exc.__traceback__) if not _is_harness_file(f.filename)
+    ]
     lines: list[str] = []
     if frames:
         lines.append("Traceback (most recent call last):\n")
@@ -163,7 +158,7 @@ def _format_one(link: traceback.TracebackException | _Note, path_map: dict[str, 
             source = frame.line or _library_line(frame.filename, frame.lineno, path_map)
             if source:
                 lines.append(f"    {source.strip()}\n")
-    lines.append(_format_exception_only_te(link))
+    lines.append(_exception_only(exc))
     return "".join(lines)
 
 
@@ -174,18 +169,32 @@ def _frame_header(filename: str, lineno: int | None, name: str) -> str:
     return f"  File {_short_path(filename)}:{lineno} in {name}\n"
 
 
-def _format_exception_only(exc: BaseException) -> str:
-    return _format_exception_only_te(traceback.TracebackException.from_exception(exc))
-
-
-def _format_exception_only_te(te: traceback.TracebackException) -> str:
-    text = "".join(te.format_exception_only())
-    if te.exc_type is not None and issubclass(te.exc_type, SyntaxError) and te.filename:
-        shown = CELL_LABEL if te.filename.startswith(_CELL_PREFIX) else _short_path(te.filename)
-        text = text.replace(
-            f'  File "{te.filename}", line {te.lineno}', f"  {shown}, line {te.lineno}"
-        )
-    return text
+def _exception_only(exc: BaseException) -> str:
+    """The last lines of a report as IPython writes them (bare class name, one caret)."""
+    lines: list[str] = []
+    if isinstance(exc, SyntaxError):
+        filename = exc.filename or "<string>"
+        if filename.startswith(_CELL_PREFIX):
+            where = f"{CELL_LABEL}, line {exc.lineno}" if exc.lineno else CELL_LABEL
+        else:
+            where = f"File {_short_path(filename)}" + (f":{exc.lineno}" if exc.lineno else "")
+        lines.append(f"  {where}\n")
+        text = (linecache.getline(filename, exc.lineno) if exc.lineno else "") or exc.text
+        if text is not None:
+            indent = len(text) - len(text.lstrip())
+            lines.append(f"    {text.strip()}\n")
+            if exc.offset is not None:
+                pad = "".join(c if c.isspace() else " " for c in text[indent : exc.offset - 1])
+                lines.append(f"    {pad}^\n")
+        message = exc.msg
+    else:
+        try:
+            message = str(exc)
+        except Exception:
+            message = f"<unprintable {type(exc).__name__} object>"
+    name = type(exc).__name__
+    lines.append(f"{name}: {message}\n" if message else f"{name}\n")
+    return "".join(lines)
 
 
 def _library_line(filename: str, lineno: int | None, path_map: dict[str, str]) -> str:
@@ -221,6 +230,8 @@ def _restore_std_streams(out_fd: int, err_fd: int) -> None:
         sys.__stdout__ = _text_stream(1)
     if not _is_healthy(sys.__stderr__, 2):
         sys.__stderr__ = _text_stream(2)
+    if not _is_healthy(sys.__stdin__, 0):
+        sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115 (fd 0 outlives it)
     sys.stdout = sys.__stdout__
     sys.stderr = sys.__stderr__
     sys.stdin = sys.__stdin__

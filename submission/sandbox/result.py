@@ -16,7 +16,11 @@ _BYTES_PER_CHAR = 4
 
 @dataclass(frozen=True)
 class ExecResult:
-    """One call's outcome. stdout and stderr are each already cut to the output limit."""
+    """One call's outcome. stdout and stderr are each already cut to the output limit.
+
+    When the session died (timeout, killed, crashed), stderr ends with a short
+    note saying so, added after the cut so the model always sees it.
+    """
 
     stdout: str
     stderr: str
@@ -41,11 +45,8 @@ class BoundedCapture:
         self._kept = bytearray()
         self._cap = max_chars * _BYTES_PER_CHAR + _BYTES_PER_CHAR
         self.total_bytes = 0
-        self.ends_with_newline = True  # nothing written yet counts as a clean line start
 
     def feed(self, data: bytes) -> None:
-        if data:
-            self.ends_with_newline = data.endswith(b"\n")
         self.total_bytes += len(data)
         room = self._cap - len(self._kept)
         if room > 0:

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 LOG = logging.getLogger(__name__)
 _READ_CHUNK = 1 << 16
+_SERVER_TIMEOUT_S = 120.0
 _MB = 1024 * 1024
 # Signals that mean "a limit or someone stopped it" rather than "it broke".
 _KILL_SIGNALS = {signal.SIGKILL, signal.SIGXCPU, signal.SIGXFSZ}
@@ -90,15 +91,17 @@ class Sandbox:
     ) -> None:
         self.max_output_chars = max_output_chars
         self.truncation_marker = truncation_marker
+        # (soft, hard) per limit. CPU: SIGXCPU at the soft limit names the cause;
+        # SIGKILL a second later if the code ignores it.
         self._limits = {
-            "RLIMIT_AS": memory_mb * _MB,
-            "RLIMIT_CPU": cpu_time_s,
-            "RLIMIT_FSIZE": file_size_mb * _MB,
-            "RLIMIT_NOFILE": open_files,
+            "RLIMIT_AS": (memory_mb * _MB, memory_mb * _MB),
+            "RLIMIT_CPU": (cpu_time_s, cpu_time_s + 1),
+            "RLIMIT_FSIZE": (file_size_mb * _MB, file_size_mb * _MB),
+            "RLIMIT_NOFILE": (open_files, open_files),
         }
         self._user = _unprivileged_ids(unprivileged_user)
         if self._user is not None:
-            self._limits["RLIMIT_NPROC"] = max_processes
+            self._limits["RLIMIT_NPROC"] = (max_processes, max_processes)
         self._preload = list(preload)
         self._sessions: dict[str, _Session] = {}
         self._sessions_lock = threading.Lock()
@@ -139,21 +142,23 @@ class Sandbox:
         start = time.monotonic()
         if self._closed:
             raise SandboxError("sandbox is closed")
-        sess = self._session(session)
+        try:
+            sess = self._session(session)
+        except SandboxError as exc:
+            LOG.error("sandbox cannot start session %r: %s", session, exc)
+            return ExecResult("", f"SandboxError: {exc}\n", "crashed", time.monotonic() - start)
         with sess.lock:
-            status, stdout, stderr, ended = self._execute(sess, code, start + timeout)
+            deadline = time.monotonic() + timeout
+            status, stdout, stderr, ended = self._execute(sess, code, deadline)
+        stderr_text = stderr.text()
         if status in ("timeout", "killed", "crashed"):
             info = self._discard(sess, grace_s=0.0 if status == "timeout" else 0.2)
             if status != "timeout":
                 status = _death_status(info)
-            note = _restart_note(status, timeout, info)
-            stderr.feed((note if stderr.ends_with_newline else "\n" + note).encode())
-        return ExecResult(
-            stdout=stdout.text(),
-            stderr=stderr.text(),
-            status=status,
-            seconds=ended - start,
-        )
+            # After the cut, so the model always learns that its variables are gone.
+            newline = "" if stderr_text.endswith("\n") or not stderr_text else "\n"
+            stderr_text += newline + _restart_note(status, timeout, info)
+        return ExecResult(stdout.text(), stderr_text, status, ended - start)
 
     async def arun(self, code: str, session: str = "default", timeout: float = 10.0) -> ExecResult:
         """`run` on a worker thread; cancelling the task kills the session (it is not reused)."""
@@ -164,8 +169,20 @@ class Sandbox:
         try:
             return await asyncio.shield(future)
         except asyncio.CancelledError:
-            self.close_session(session)
+            # The worker thread returns as soon as the session's process is gone.
+            if not self._closed:
+                self._executor.submit(self.close_session, session)
             raise
+
+    @property
+    def server_pid(self) -> int | None:
+        """The fork server's process id: every session process descends from it."""
+        return self._server.pid if self._server is not None else None
+
+    def session_pids(self) -> dict[str, int]:
+        """Process ids of the live sessions by name (spares not included)."""
+        with self._sessions_lock:
+            return {name: sess.pid for name, sess in self._sessions.items()}
 
     def close_session(self, session: str) -> None:
         """Kill the session's processes and remove its directory; unknown names are ignored."""
@@ -300,7 +317,11 @@ class Sandbox:
         _drain(sess.stdout_fd, None)
         _drain(sess.stderr_fd, None)
         try:
+            # A session whose threads hold the GIL may not read a big cell: bound the send.
+            sess.channel.settimeout(max(0.001, deadline - time.monotonic()))
             sess.channel.sendall(protocol.encode({"code": code}))
+        except TimeoutError:
+            return "timeout", stdout, stderr, time.monotonic()
         except OSError:
             return "crashed", stdout, stderr, time.monotonic()
         reader = protocol.MessageReader()
@@ -364,26 +385,38 @@ class Sandbox:
             env=env,
         )
         theirs.close()
+        # The server never blocks for long; silence this long means it is stuck.
+        ours.settimeout(_SERVER_TIMEOUT_S)
         self._server_channel = ours
         self._server_ready = False
 
     def _server_request(
         self, request: dict[str, Any], fds: list[int] | None = None
     ) -> dict[str, Any]:
+        """One request to the fork server; a dead one is replaced once (its sessions die)."""
         with self._server_lock:
-            if self._server_channel is None:
-                raise SandboxError("fork server is not running")
-            try:
-                if not self._server_ready:
-                    hello, _ = protocol.recv(self._server_channel)
-                    if hello.get("failed_preloads"):
-                        LOG.warning("sandbox could not preload %s", hello["failed_preloads"])
-                    self._server_ready = True
-                protocol.send(self._server_channel, request, fds)
-                reply, _ = protocol.recv(self._server_channel)
-            except (OSError, protocol.ProtocolError) as exc:
-                raise SandboxError(f"fork server failed: {exc}") from exc
-            return reply
+            for attempt in (1, 2):
+                try:
+                    return self._server_exchange(request, fds)
+                except (OSError, protocol.ProtocolError) as exc:
+                    if attempt == 2 or self._closed:
+                        raise SandboxError(f"fork server failed: {exc}") from exc
+                    LOG.warning("sandbox fork server failed (%s); starting a new one", exc)
+                    self._stop_server()
+                    self._start_server()
+            raise AssertionError("unreachable")
+
+    def _server_exchange(self, request: dict[str, Any], fds: list[int] | None) -> dict[str, Any]:
+        if self._server_channel is None:
+            raise OSError("fork server is not running")
+        if not self._server_ready:
+            hello, _ = protocol.recv(self._server_channel)
+            if hello.get("failed_preloads"):
+                LOG.warning("sandbox could not preload %s", hello["failed_preloads"])
+            self._server_ready = True
+        protocol.send(self._server_channel, request, fds)
+        reply, _ = protocol.recv(self._server_channel)
+        return reply
 
     def _stop_server(self) -> None:
         if self._server_channel is not None:
@@ -435,11 +468,16 @@ def _restart_note(status: Status, timeout: float, info: dict[str, Any]) -> str:
     if status == "timeout":
         return f"TimeoutError: execution exceeded {timeout:g} s; {gone}\n"
     if "signal" in info:
-        name = signal.Signals(info["signal"]).name
+        try:
+            name = signal.Signals(info["signal"]).name
+        except ValueError:
+            name = f"signal {info['signal']}"
         why = {
             "SIGXCPU": "CPU time limit",
             "SIGXFSZ": "file size limit",
             "SIGKILL": "killed, e.g. out of memory",
         }.get(name, name)
         return f"The Python process died ({why}); {gone}\n"
-    return f"The Python process exited (code {info.get('exit_code', '?')}); {gone}\n"
+    if "exit_code" in info:
+        return f"The Python process exited (code {info['exit_code']}); {gone}\n"
+    return f"The Python process stopped answering; {gone}\n"

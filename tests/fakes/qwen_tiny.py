@@ -57,6 +57,8 @@ SHAPES: dict[str, dict[str, int | float]] = {
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
         "max_position_embeddings": 4096,
+        # Wider than the default 0.02, so greedy text depends on the prompt (not "\n" forever).
+        "initializer_range": 0.2,
     },
     # Qwen2.5-1.5B's config.json.
     "qwen2.5-1.5b": {

@@ -1,0 +1,193 @@
+"""`python -m submission bench sandbox`: our sandbox against its two anchors, same snippets.
+
+Anchors, run in the same process on the same snippets: (a) a fresh `python -c`
+per call with a math/numpy/sympy prelude (the AIMO-2 runner-up's approach; a
+stateful sequence is replayed from its first cell each call), (b) one Jupyter
+kernel driven by `jupyter_client` (the AIMO-3 top harnesses' approach).
+Also measured: a new session's latency, how late a timed-out call comes back,
+and many sessions at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import copy
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+from submission.config import add_config_arguments, config_from_args
+from submission.sandbox.sandbox import Sandbox
+
+SNIPPETS: dict[str, list[str]] = {
+    "trivial print": ["print(1+1)"],
+    "sympy factor": ["import sympy\nx = sympy.Symbol('x')\nprint(sympy.factor(x**4 - 1))"],
+    "short loop": ["s = 0\nfor i in range(10000):\n    s += i * i\nprint(s)"],
+    "stateful sequence": ["a = 12", "b = a ** 2 + 1", "import math\nprint(math.gcd(a, b), b)"],
+}
+PRELUDE = (
+    "import math, itertools, fractions, functools, collections\nimport numpy as np\nimport sympy\n"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--reps", type=int, default=100, help="calls per snippet, our sandbox")
+    parser.add_argument("--anchor-reps", type=int, default=5, help="calls per snippet, python -c")
+    parser.add_argument("--kernel-reps", type=int, default=30, help="calls per snippet, Jupyter")
+    parser.add_argument("--concurrent", type=int, default=16, help="sessions run at once")
+    parser.add_argument("--no-jupyter", action="store_true", help="skip the Jupyter anchor")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    results: dict[str, Any] = {"snippets": {}, "sandbox": {}}
+    with Sandbox.from_config(config) as sandbox:
+        sandbox.run("pass", session="warm-up")
+        for name, cells in SNIPPETS.items():
+            results["snippets"][name] = {
+                "ours_ms": _p50_ms(_ours(sandbox, cells), args.reps),
+                "python_c_ms": _p50_ms(_python_c(cells), args.anchor_reps),
+            }
+        results["sandbox"] = _sandbox_numbers(sandbox, args)
+    cold_config = copy.deepcopy(config)
+    cold_config.sandbox.spare_sessions = 0  # a new session forked on demand
+    with Sandbox.from_config(cold_config) as cold:
+        cold.run("pass", session="warm-up")
+        results["sandbox"]["new_session_fork_p50_ms"] = _p50_ms(
+            _new_session(cold), args.anchor_reps * 4
+        )
+    if not args.no_jupyter:
+        _jupyter(results, args.kernel_reps)
+    if args.json:
+        Console().print_json(json.dumps(results))
+    else:
+        _print_tables(results)
+    return 0
+
+
+def _ours(sandbox: Sandbox, cells: list[str]) -> Callable[[], float]:
+    counter = iter(range(1 << 30))
+
+    def call() -> float:
+        session = f"bench-{len(cells)}-{next(counter) % 4}"
+        start = time.perf_counter()
+        for cell in cells:
+            result = sandbox.run(cell, session=session)
+            if result.status != "ok":
+                raise RuntimeError(f"benchmark snippet failed: {result}")
+        return (time.perf_counter() - start) / len(cells)
+
+    return call
+
+
+def _python_c(cells: list[str]) -> Callable[[], float]:
+    def call() -> float:
+        start = time.perf_counter()
+        for upto in range(1, len(cells) + 1):  # no state: replay every earlier cell
+            code = PRELUDE + "\n".join(cells[:upto])
+            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+        return (time.perf_counter() - start) / len(cells)
+
+    return call
+
+
+def _new_session(sandbox: Sandbox) -> Callable[[], float]:
+    counter = iter(range(1 << 30))
+
+    def call() -> float:
+        session = f"bench-new-{next(counter)}"
+        start = time.perf_counter()
+        sandbox.run("print(1)", session=session)
+        elapsed = time.perf_counter() - start
+        sandbox.close_session(session)
+        time.sleep(0.05)  # sessions start one attempt at a time: let the spare refill
+        return elapsed
+
+    return call
+
+
+def _sandbox_numbers(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
+    numbers: dict[str, Any] = {}
+    numbers["new_session_spare_p50_ms"] = _p50_ms(_new_session(sandbox), args.anchor_reps * 4)
+    late = []
+    for _ in range(5):
+        result = sandbox.run("while True: pass", session="bench-timeout", timeout=0.2)
+        late.append((result.seconds - 0.2) * 1000)
+    numbers["timeout_return_late_p50_ms"] = round(statistics.median(late), 2)
+    numbers["timeout_return_late_max_ms"] = round(max(late), 2)
+
+    async def many() -> list[str]:
+        calls = [
+            sandbox.arun("import time; time.sleep(0.5); print(1)", session=f"bench-many-{i}")
+            for i in range(args.concurrent)
+        ]
+        return [r.status for r in await asyncio.gather(*calls)]
+
+    start = time.perf_counter()
+    statuses = asyncio.run(many())
+    numbers["concurrent_sessions"] = args.concurrent
+    numbers["concurrent_all_ok"] = all(s == "ok" for s in statuses)
+    numbers["concurrent_wall_s_for_0.5s_sleeps"] = round(time.perf_counter() - start, 3)
+    return numbers
+
+
+def _jupyter(results: dict[str, Any], reps: int) -> None:
+    from jupyter_client.manager import start_new_kernel
+
+    start = time.perf_counter()
+    manager, client = start_new_kernel(kernel_name="python3")
+    results["sandbox"]["jupyter_kernel_start_ms"] = round((time.perf_counter() - start) * 1000, 1)
+    try:
+        client.execute_interactive(PRELUDE, timeout=60, output_hook=lambda msg: None)
+
+        for name, cells in SNIPPETS.items():
+
+            def call(cells: list[str] = cells) -> float:
+                begin = time.perf_counter()
+                for cell in cells:
+                    reply = client.execute_interactive(cell, timeout=60, output_hook=lambda m: None)
+                    if reply["content"]["status"] != "ok":
+                        raise RuntimeError(f"benchmark snippet failed in Jupyter: {reply}")
+                return (time.perf_counter() - begin) / len(cells)
+
+            results["snippets"][name]["jupyter_ms"] = _p50_ms(call, reps)
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def _p50_ms(call: Callable[[], float], reps: int) -> float:
+    call()  # warm
+    return round(statistics.median(call() for _ in range(max(1, reps))) * 1000, 3)
+
+
+def _print_tables(results: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="sandbox: p50 ms per call (same snippets, same process)")
+    for column in ("snippet", "ours", "python -c (a)", "jupyter (b)"):
+        table.add_column(column, justify="left" if column == "snippet" else "right")
+    for name, row in results["snippets"].items():
+        table.add_row(
+            name,
+            f"{row['ours_ms']:.3f}",
+            f"{row['python_c_ms']:.1f}",
+            f"{row['jupyter_ms']:.2f}" if "jupyter_ms" in row else "-",
+        )
+    console.print(table)
+    numbers = Table(title="sandbox: sessions")
+    numbers.add_column("measure")
+    numbers.add_column("value", justify="right")
+    for key, value in results["sandbox"].items():
+        numbers.add_row(key, str(value))
+    console.print(numbers)

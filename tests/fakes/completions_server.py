@@ -1,0 +1,136 @@
+"""A small real OpenAI-compatible completions server on 127.0.0.1, backed by an Engine.
+
+`transformers serve` offers chat completions, not the raw-prompt
+`/v1/completions` the openai engine speaks, so the tests serve the hf engine
+through this: real sockets, real HTTP/1.1, real server-sent events, shaped
+like vLLM's responses (`stop_reason`, `include_stop_str_in_output`, usage
+stats) or SGLang's (`matched_stop`, stop string always trimmed). A client that
+disconnects aborts its request in the engine, as vLLM does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from submission.engines.base import Engine, SamplingParams
+
+
+@dataclass
+class CompletionsServer:
+    engine: Engine
+    model_name: str = "tiny-qwen2"
+    style: Literal["vllm", "sglang"] = "vllm"
+    # Drop the connection after this many events of the next request (a crash mid-stream).
+    drop_after_events: int | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    disconnects: int = 0
+    port: int = 0
+    _server: Any = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> CompletionsServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            method, path, body = await _read_request(reader)
+            if method == "GET" and path == "/v1/models":
+                data = {"object": "list", "data": [{"id": self.model_name, "object": "model"}]}
+                await _respond_json(writer, 200, data)
+            elif method == "POST" and path == "/v1/completions":
+                await self._complete(reader, writer, json.loads(body))
+            else:
+                await _respond_json(writer, 404, {"error": f"no route {method} {path}"})
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    async def _complete(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any]
+    ) -> None:
+        self.requests.append(request)
+        if request.get("model") != self.model_name:
+            await _respond_json(writer, 404, {"error": f"model {request.get('model')!r} not found"})
+            return
+        stop = request.get("stop") or ()
+        params = SamplingParams(
+            max_tokens=int(request["max_tokens"]),
+            temperature=float(request.get("temperature", 1.0)),
+            top_p=float(request.get("top_p", 1.0)),
+            top_k=int(request.get("top_k", 0)),
+            min_p=float(request.get("min_p", 0.0)),
+            repetition_penalty=float(request.get("repetition_penalty", 1.0)),
+            seed=request.get("seed"),
+            stop=(stop,) if isinstance(stop, str) else tuple(stop),
+        )
+        keep_stop = self.style == "vllm" and bool(request.get("include_stop_str_in_output"))
+        drop_after, self.drop_after_events = self.drop_after_events, None
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+        )
+        client_gone = asyncio.ensure_future(reader.read(1))  # b"" when the client hangs up
+        tokens = 0
+        events = 0
+        async with contextlib.aclosing(self.engine.stream(request["prompt"], params)) as chunks:
+            async for chunk in chunks:
+                if client_gone.done():
+                    self.disconnects += 1
+                    return  # leaving the `async with` closes the engine stream: abort
+                tokens += chunk.tokens
+                choice: dict[str, Any] = {
+                    "index": 0,
+                    "text": chunk.text + ((chunk.stop or "") if keep_stop else ""),
+                    "finish_reason": chunk.finish_reason,
+                }
+                if chunk.finish_reason is not None:
+                    choice["stop_reason" if self.style == "vllm" else "matched_stop"] = chunk.stop
+                event = {"object": "text_completion", "model": self.model_name, "choices": [choice]}
+                if self.style == "vllm":
+                    event["usage"] = {"completion_tokens": tokens}
+                writer.write(f"data: {json.dumps(event)}\n\n".encode())
+                await writer.drain()
+                events += 1
+                if drop_after is not None and events >= drop_after:
+                    writer.transport.abort()  # a crash: no [DONE], connection reset
+                    return
+        writer.write(b"data: [DONE]\n\n")
+        await writer.drain()
+        client_gone.cancel()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, path, _ = lines[0].split(" ", 2)
+    headers = {
+        name.strip().lower(): value.strip()
+        for name, _, value in (line.partition(":") for line in lines[1:] if line)
+    }
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return method, path, body
+
+
+async def _respond_json(writer: asyncio.StreamWriter, status: int, data: Any) -> None:
+    payload = json.dumps(data).encode()
+    writer.write(
+        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+        + payload
+    )
+    await writer.drain()

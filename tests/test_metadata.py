@@ -1,0 +1,130 @@
+"""kaggle_metadata.json: the committed file passes, each Kaggle CLI rule catches its breach."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from submission.__main__ import main
+from submission.config import load_config
+from submission.metadata import (
+    CODE_FILE,
+    DEFAULT_PATH,
+    KERNEL_METADATA_FILE,
+    check_metadata,
+    metadata_from_config,
+    slugify,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def good() -> dict[str, Any]:
+    return {
+        "id": "someone/aimo-tir-harness",
+        "title": "AIMO TIR Harness",
+        "code_file": CODE_FILE,
+        "language": "python",
+        "kernel_type": "script",
+        "is_private": True,
+        "enable_gpu": True,
+        "enable_internet": False,
+        "machine_shape": "NvidiaH100",
+        "competition_sources": ["ai-mathematical-olympiad-progress-prize-3"],
+        "dataset_sources": ["someone/aimo-offline-wheels", "someone/aimo-engine/3"],
+        "kernel_sources": [],
+        "model_sources": [],
+    }
+
+
+def test_the_committed_metadata_passes_for_aimo3() -> None:
+    meta = json.loads(DEFAULT_PATH.read_text())
+    assert check_metadata(meta, DEFAULT_PATH.parent, load_config("aimo3")) == []
+    assert meta["enable_internet"] is False  # written, not left to the CLI's default (true)
+    assert (REPO / meta["code_file"]).is_file()
+
+
+def test_a_good_file_passes_and_string_booleans_are_accepted() -> None:
+    assert check_metadata(good(), REPO, load_config("aimo3")) == []
+    meta = good() | {"enable_gpu": "True", "enable_internet": "false", "is_private": "FALSE"}
+    assert check_metadata(meta, REPO, load_config("aimo3")) == []
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"title": "AIMO"}, "title must be text of 5-50"),
+        ({"title": "A" * 51}, "title must be text of 5-50"),
+        ({"title": "Another Title"}, "slugifies to 'another-title'"),
+        ({"id": "no-owner-here"}, "is not username/kernel-slug"),
+        ({"id": "someone/abc", "title": "abc"}, "at least five characters"),
+        ({"id": None}, "id (username/kernel-slug) or id_no is required"),
+        ({"code_file": "submission/nope.py"}, "not found next to the metadata"),
+        ({"code_file": ""}, "code_file is missing"),
+        ({"language": "julia"}, "language must be one of"),
+        ({"kernel_type": "app"}, "kernel_type must be one of"),
+        ({"enable_internet": True}, "enable_internet must be false"),
+        ({"enable_internet": "yes"}, "enable_internet must be true/false"),
+        ({"enable_gpu": False}, "enable_gpu must be true"),
+        ({"machine_shape": "NvidiaTeslaT4"}, "differs from profile aimo3's 'NvidiaH100'"),
+        ({"machine_shape": "H100"}, "is not one of"),
+        ({"competition_sources": []}, "must include 'ai-mathematical-olympiad-progress-prize-3'"),
+        ({"dataset_sources": ["wheels-only"]}, "is not username/dataset-slug"),
+        ({"dataset_sources": ["a/b/1/extra"]}, "is not username/dataset-slug"),
+        ({"dataset_sources": "someone/wheels"}, "dataset_sources must be a list"),
+        ({"model_sources": ["org/model/transformers/14b/1"]}, "is not owner/model-slug"),
+        ({"kernel_sources": ["someone/abc"]}, "at least five characters"),
+        ({"docker_image_pinning_type": "newest"}, "docker_image_pinning_type must be one of"),
+    ],
+)
+def test_each_rule_catches_its_breach(change: dict[str, Any], message: str) -> None:
+    meta = good() | change
+    errors = check_metadata(meta, REPO, load_config("aimo3"))
+    assert any(message in e for e in errors), errors
+
+
+def test_enable_internet_must_be_written() -> None:
+    meta = good()
+    del meta["enable_internet"]
+    errors = check_metadata(meta, REPO, load_config("aimo3"))
+    assert any("the CLI defaults it to true" in e for e in errors)
+
+
+def test_slugify_matches_the_cli_on_ascii_titles() -> None:
+    assert slugify("AIMO TIR Harness") == "aimo-tir-harness"
+    assert slugify("  AIMO-3: TIR (v2)! ") == "aimo-3-tir-v2"
+
+
+def test_write_fills_from_the_profile_and_the_engine_paths() -> None:
+    config = load_config("aimo2")
+    config.engine.trtllm.engine_dir = "/kaggle/input/omn-14b-fp8-engine/engine"
+    config.engine.trtllm.tokenizer_dir = "/kaggle/input/omn-14b-fp8-engine/tokenizer"
+    existing = {"id": "me/aimo-harness", "title": "AIMO Harness", "enable_internet": True}
+    meta = metadata_from_config(config, existing, datasets=("me/aimo-offline-wheels",))
+    assert meta["id"] == "me/aimo-harness" and meta["title"] == "AIMO Harness"
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True
+    assert meta["machine_shape"] == "NvidiaL4"
+    assert meta["competition_sources"] == ["ai-mathematical-olympiad-progress-prize-2"]
+    assert meta["dataset_sources"] == ["me/aimo-offline-wheels", "me/omn-14b-fp8-engine"]
+    assert check_metadata(meta, REPO, config) == []
+
+
+def test_cli_write_check_and_stage(tmp_path: Path) -> None:
+    path = tmp_path / "kaggle_metadata.json"
+    (tmp_path / "submission").mkdir()
+    (tmp_path / CODE_FILE).write_text("print('kernel')\n")
+    args = ["kaggle-metadata", "--path", str(path)]
+    assert main([*args, "--check"]) == 1  # missing
+    assert main([*args, "--write", "--id", "me/aimo-harness", "--title", "AIMO Harness"]) == 0
+    assert main([*args, "--check"]) == 0
+    assert main([*args, "--check", "--profile", "aimo2"]) == 1  # H100, AIMO-3's competition
+    assert main([*args, "--stage", str(tmp_path / "push")]) == 0
+    staged = json.loads((tmp_path / "push" / KERNEL_METADATA_FILE).read_text())
+    assert staged["code_file"] == "kernel.py"
+    assert (tmp_path / "push" / "kernel.py").read_text() == "print('kernel')\n"
+    assert check_metadata(staged, tmp_path / "push", load_config("aimo3")) == []
+    path.write_text("{not json")
+    assert main([*args, "--check"]) == 1
