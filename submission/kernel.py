@@ -231,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         package_dir = Path(submission.__file__).resolve().parent
         default = Path(os.environ.get(ENV_CONFIG, package_dir / DEFAULT_CONFIG))
         args.config_file = default if default.is_file() else None
-    if not any(arg.split("=")[0] == "--profile" for arg in rest):  # on Kaggle: the competition whose data is attached
+    # On Kaggle (no flags): the profile of the competition whose data is attached.
+    if not any(arg.split("=")[0] == "--profile" for arg in rest):
         args.profile = detect_profile(args.profile)
     log.info("config: %s, profile %s", args.config_file or "defaults", args.profile)
     try:
