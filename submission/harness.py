@@ -28,8 +28,13 @@ from submission.tir import CodeRunner
 
 log = logging.getLogger(__name__)
 
-# Kept back from a per-call limit (AIMO-2: 30 min a call) for cancelling and answering.
+# Kept back from a per-call limit (AIMO-2: 30 min a call) for cancelling and answering:
+# 30 s, or a tenth of a shorter limit.
 CALL_LIMIT_MARGIN_S = 30.0
+
+
+def call_limit_margin(call_limit_s: float) -> float:
+    return min(CALL_LIMIT_MARGIN_S, 0.1 * call_limit_s)
 
 
 class AsyncHarness:
@@ -81,7 +86,7 @@ class AsyncHarness:
         call_started = loop.time()
         wait_s = self.run_state().time_left_s
         if call_limit_s is not None:
-            wait_s = min(wait_s, call_limit_s - CALL_LIMIT_MARGIN_S)
+            wait_s = min(wait_s, call_limit_s - call_limit_margin(call_limit_s))
         try:
             # Shielded: a load that outlasts this problem goes on for the next one.
             await asyncio.wait_for(asyncio.shield(self.start_engine()), timeout=max(0.0, wait_s))
@@ -99,7 +104,7 @@ class AsyncHarness:
         budget = self.policy.budget.problem_seconds(self.run_state())
         if call_limit_s is not None:
             waited = loop.time() - call_started
-            budget = min(budget, call_limit_s - waited - CALL_LIMIT_MARGIN_S)
+            budget = min(budget, call_limit_s - waited - call_limit_margin(call_limit_s))
         result = await self.solver.solve(problem_id, problem, max(0.0, budget))
         return self._record(result)
 
@@ -156,14 +161,19 @@ class Harness:
         started_at: float | None = None,
         problems_total: int | None = None,
         on_problem: Callable[[ProblemResult], None] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> Harness:
-        """Start the sandbox (before anything touches CUDA), the loop, and the engine's loading."""
+        """Start the sandbox (before anything touches CUDA), the loop, and the engine's loading.
+
+        `loop` (default: a new event loop) is run in the harness's thread; the offline
+        timing tests pass a virtual-time one.
+        """
         if sandbox is None:
             from submission.sandbox import Sandbox
 
             sandbox = Sandbox.from_config(config)
         engine = engine or create_engine(config)
-        loop = asyncio.new_event_loop()
+        loop = loop or asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, name="harness-loop", daemon=True).start()
         core = AsyncHarness(config, engine, sandbox, policy, started_at, problems_total, on_problem)
         return cls(core, loop)

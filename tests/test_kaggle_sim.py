@@ -44,7 +44,7 @@ def detached() -> Iterator[None]:
 
 @pytest.mark.parametrize("speed", [1.0, 1 / 3], ids=["as-logged", "3x-slower"])
 def test_a_full_aimo3_run_finishes_under_the_limit(
-    speed: float, shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    speed: float, shared_data: Path, tmp_path: Path
 ) -> None:
     attempts_csv = shared_data / "attempts" / "hard50_dev_half.csv"
     config = load_config(
@@ -64,14 +64,14 @@ def test_a_full_aimo3_run_finishes_under_the_limit(
     pl.DataFrame({"id": ids, "problem": [SimEngine.problem_text(plays[i]) for i in ids]}).write_csv(
         test_csv
     )
-    real_new_event_loop = asyncio.new_event_loop
-    with monkeypatch.context() as patch:  # only the harness's own loop runs in virtual time
-        patch.setattr(
-            asyncio, "new_event_loop", lambda: looptime.patch_event_loop(real_new_event_loop())
-        )
-        harness = Harness.start(
-            config, engine=engine, sandbox=NoCodeSandbox(), started_at=0.0, problems_total=PROBLEMS
-        )
+    harness = Harness.start(
+        config,
+        engine=engine,
+        sandbox=NoCodeSandbox(),
+        started_at=0.0,
+        problems_total=PROBLEMS,
+        loop=looptime.patch_event_loop(asyncio.new_event_loop()),  # virtual time
+    )
     assert isinstance(harness.loop, looptime.LoopTimeEventLoop)
     kaggle.configure(harness, config, started_at=0.0, clock=harness.loop.time)
     try:

@@ -156,6 +156,13 @@ def test_sessions_run_as_the_unprivileged_user_and_can_still_import(sandbox: San
     sandbox.close_session("user")
 
 
+@pytest.mark.skipif(not AS_ROOT, reason="the privilege drop happens only when run as root")
+def test_a_missing_user_still_drops_to_nobodys_ids() -> None:
+    with Sandbox(**{**LIMITS, "unprivileged_user": "no-such-user-here"}) as sb:
+        result = sb.run("import os\nprint(os.getuid())", session="missing-user")
+    assert result.stdout == "65534\n"
+
+
 @pytest.mark.skipif(not AS_ROOT, reason="needs the privilege drop (run as root)")
 def test_cannot_write_outside_its_directory(sandbox: Sandbox, tmp_path_factory) -> None:  # type: ignore[no-untyped-def]
     outside = tmp_path_factory.mktemp("outside")

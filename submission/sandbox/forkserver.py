@@ -50,7 +50,11 @@ def main() -> None:
     settings = json.loads(sys.argv[2])
     failed = _preload(settings["preload"])
     display = repl.display_formatter()
-    path_fds = _reachable_import_paths() if settings.get("uid") is not None else {}
+    user = settings.get("user")  # [uid, gid] to drop to, or None
+    if user is not None and not _can_drop(user):
+        LOG.warning("cannot switch to uid %s here; sessions run as this user", user[0])
+        user = None
+    path_fds = _reachable_import_paths() if user is not None else {}
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     # Sessions' garbage collections then skip the warm objects, which stay shared
     # with this process instead of being copied page by page on first touch.
@@ -58,7 +62,7 @@ def main() -> None:
     live: set[int] = set()  # session processes the harness is using
     ended: dict[int, int] = {}  # wait status of live sessions that died on their own
     try:
-        protocol.send(channel, {"ready": True, "failed_preloads": failed})
+        protocol.send(channel, {"failed_preloads": failed, "user": user})
     except OSError:  # the harness closed the sandbox before it was ready
         return
     while True:
@@ -75,7 +79,7 @@ def main() -> None:
             break
         op = request.get("op")
         if op == "spawn" and len(fds) == 3:
-            pid = _spawn(request, fds, channel, display, path_fds)
+            pid = _spawn(request, user, fds, channel, display, path_fds)
             live.add(pid)
             reply: dict[str, Any] = {"pid": pid}
         elif op == "kill":
@@ -153,6 +157,7 @@ def _world_reachable(path: str) -> bool:
 
 def _spawn(
     request: dict[str, Any],
+    user: list[int] | None,
     fds: list[int],
     server_channel: socket.socket,
     display: Any,
@@ -163,7 +168,7 @@ def _spawn(
         return pid
     # The session process: never return into the server's loop.
     try:
-        _become_session(request, fds, server_channel, keep=list(path_fds.values()))
+        _become_session(request, user, fds, server_channel, keep=list(path_fds.values()))
         channel = socket.socket(fileno=fds[0])
         path_map = {root: f"/proc/self/fd/{fd}" for root, fd in path_fds.items()}
         repl.serve(channel, fds[1], fds[2], display, path_map)
@@ -175,7 +180,11 @@ def _spawn(
 
 
 def _become_session(
-    request: dict[str, Any], fds: list[int], server_channel: socket.socket, keep: list[int]
+    request: dict[str, Any],
+    user: list[int] | None,
+    fds: list[int],
+    server_channel: socket.socket,
+    keep: list[int],
 ) -> None:
     server_pid = os.getppid()
     for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
@@ -199,12 +208,29 @@ def _become_session(
     for name, value in limits.items():
         soft, hard = value
         resource.setrlimit(getattr(resource, name), (soft, hard))
-    uid, gid = request.get("uid"), request.get("gid")
-    if uid is not None and gid is not None:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
+    if user is not None:
+        _drop_privileges(user)
     sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115 (fd 0 outlives it)
+
+
+def _drop_privileges(user: list[int]) -> None:
+    uid, gid = user
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def _can_drop(user: list[int]) -> bool:
+    """Whether this machine lets a forked child switch to `user` (some containers do not)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _drop_privileges(user)
+        except OSError:
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
 
 def _close_all_but(keep: set[int]) -> None:

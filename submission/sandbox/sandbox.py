@@ -43,6 +43,7 @@ LOG = logging.getLogger(__name__)
 _READ_CHUNK = 1 << 16
 _SERVER_TIMEOUT_S = 120.0
 _MB = 1024 * 1024
+_NOBODY_ID = 65534
 # Signals that mean "a limit or someone stopped it" rather than "it broke".
 _KILL_SIGNALS = {signal.SIGKILL, signal.SIGXCPU, signal.SIGXFSZ}
 DEFAULT_PRELOAD = ("math", "numpy", "sympy", "itertools", "fractions", "functools", "collections")
@@ -277,8 +278,6 @@ class Sandbox:
         for fd in (out_r, err_r):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         request = {"op": "spawn", "workdir": workdir, "limits": self._limits}
-        if self._user is not None:
-            request["uid"], request["gid"] = self._user
         try:
             reply = self._server_request(request, [child_channel.fileno(), out_w, err_w])
         finally:
@@ -371,7 +370,7 @@ class Sandbox:
                 ),
             }
         )
-        settings = {"preload": self._preload, "uid": self._user and self._user[0]}
+        settings = {"preload": self._preload, "user": self._user}
         self._server = subprocess.Popen(
             [
                 sys.executable,
@@ -413,6 +412,8 @@ class Sandbox:
             hello, _ = protocol.recv(self._server_channel)
             if hello.get("failed_preloads"):
                 LOG.warning("sandbox could not preload %s", hello["failed_preloads"])
+            if self._user is not None and hello.get("user") is None:
+                LOG.warning("sandbox sessions run as root: this machine refuses setuid")
             self._server_ready = True
         protocol.send(self._server_channel, request, fds)
         reply, _ = protocol.recv(self._server_channel)
@@ -454,7 +455,9 @@ def _unprivileged_ids(user: str | None) -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(user)
     except KeyError:
-        raise SandboxError(f"sandbox user {user!r} does not exist") from None
+        # A user needs no passwd entry to exist: fall back to nobody's usual ids.
+        LOG.warning("sandbox user %r does not exist; using uid/gid %d", user, _NOBODY_ID)
+        return _NOBODY_ID, _NOBODY_ID
     return entry.pw_uid, entry.pw_gid
 
 
