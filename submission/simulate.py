@@ -31,7 +31,7 @@ from pathlib import Path
 
 import polars as pl
 
-from submission.config import Config, add_config_arguments, config_from_args
+from submission.config import Config, ConfigError, add_config_arguments, config_from_args
 from submission.policy import (
     FinishedAttempt,
     Policy,
@@ -425,11 +425,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--concurrency",
         type=int,
-        default=24,
-        help="streams at once when the log was recorded (calibrates R1; hard50: 24)",
+        default=None,
+        help="streams at once when the log was recorded, to calibrate R1 "
+        "(default: engine.sim.concurrency, 24 as in the hard50 log)",
     )
     parser.add_argument("--tick", type=float, default=1.0, help="policy consult interval (s)")
-    parser.add_argument("--plot", default="simulate.png", help="PNG plot path ('' = none)")
+    parser.add_argument(
+        "--plot", default=None, help="PNG plot path (default: OUT_DIR/simulate.png; '' = none)"
+    )
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     parser.add_argument(
         "--cross-validate",
@@ -439,6 +442,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.seeds < 1 or args.tick <= 0 or min(args.fractions) <= 0:
+        log.error("--seeds, --tick and every --fractions value must be positive")
+        return 2
     path = Path(args.attempts) if args.attempts else DEFAULT_ATTEMPTS
     if args.attempts is None and not path.is_file():
         log.error(
@@ -453,10 +459,18 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
     problems = problems_from_log(frame)
-    config = simulation_config(config_from_args(args), len(problems))
+    try:
+        config = simulation_config(config_from_args(args), len(problems))
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     contention = config.engine.sim.contention
+    concurrency = config.engine.sim.concurrency if args.concurrency is None else args.concurrency
+    if concurrency < 1:
+        log.error("the recorded concurrency must be at least 1, not %d", concurrency)
+        return 2
     rate = config.engine.sim.tokens_per_s or calibrate_single_stream_rate(
-        frame, args.concurrency, contention
+        frame, concurrency, contention
     )
     log.info("%d problems, R1 = %.1f tokens/s, a = %.3f", len(problems), rate, contention)
     if args.cross_validate:
@@ -475,9 +489,10 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
     else:
         print_table(rows, len(problems))
-    if args.plot:
-        plot(rows, len(problems), Path(args.plot))
-        log.info("plot written to %s", args.plot)
+    plot_path = Path(config.output.out_dir) / "simulate.png" if args.plot is None else args.plot
+    if plot_path:
+        plot(rows, len(problems), Path(plot_path))
+        log.info("plot written to %s", plot_path)
     return 0
 
 
@@ -533,10 +548,13 @@ def plot(rows: Sequence[SweepRow], problems: int, path: Path) -> None:
             label=name,
         )
     ax.set_xscale("log", base=2)
+    fractions = sorted({r.fraction for r in rows})
+    ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
     ax.set_xlabel("budget fraction (engine speed x budget)")
     ax.set_ylabel(f"score out of {problems} (mean ± sd)")
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)

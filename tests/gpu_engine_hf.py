@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -107,10 +108,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     config = load_config("aimo3", None, [])
     early = Sandbox.from_config(config)  # the designed order: before CUDA
     import torch
+    import transformers
 
     from submission.engines.hf import HfEngine
 
-    results: dict[str, Any] = {"torch": torch.__version__}
+    results: dict[str, Any] = {
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "parent_uid": os.getuid(),  # the sandbox's sessions drop to `nobody` under root
+    }
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = build_model(Path(tmp), Path(args.tokenizer_dir), args.shape)
         engine = HfEngine.from_config(
@@ -122,7 +128,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     results["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     results["cuda_initialised_in_parent"] = bool(torch.cuda.is_initialized())
     late = Sandbox.from_config(config)  # started after CUDA was initialised
-    code = "import math\nx = sum(i * i for i in range(10))\nprint(x, math.factorial(5))"
+    code = "import math, os\nprint(sum(i * i for i in range(10)), math.factorial(5), os.getuid())"
     for name, sandbox in (
         ("sandbox_started_before_cuda", early),
         ("sandbox_started_after_cuda", late),

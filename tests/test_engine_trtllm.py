@@ -57,7 +57,11 @@ def make_engine_dir(
     config = {
         "version": version,
         "pretrained_config": pretrained or {"architecture": "Qwen2ForCausalLM"},
-        "build_config": {"max_seq_len": max_seq_len, "max_batch_size": 32},
+        "build_config": {
+            "max_seq_len": max_seq_len,
+            "max_input_len": max_seq_len - 100,
+            "max_batch_size": 32,
+        },
     }
     (root / "config.json").write_text(json.dumps(config))
     return root
@@ -153,16 +157,18 @@ async def test_prompt_near_max_seq_len_is_clamped_not_rejected(
     tmp_path, tokenizer_dir, monkeypatch
 ):
     engine_dir = make_engine_dir(tmp_path / "engine", tokenizer_dir, max_seq_len=40_000)
-    model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: "word " * 100)
+    model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: "word " * 300)
     engine = engine_for(engine_dir, **{"generation.max_tokens": "32768"})
     await engine.start()
     params = SamplingParams(max_tokens=32_768, stop=STOPS)
-    chunks = await collect(engine, params, PROMPT + "x " * 39_900)
+    chunks = await collect(engine, params, PROMPT + "x " * 39_800)
     prompt_tokens = len(model.requests[0]["prompt_ids"])
-    assert 39_900 < prompt_tokens < 40_000
+    assert 39_800 < prompt_tokens < 39_900
     assert fake_trt.sampling_params_of(model.requests[0])["max_tokens"] == 40_000 - prompt_tokens
     assert chunks[-1].finish_reason == "length"
 
+    over_input = await collect(engine, params, PROMPT + "x " * 39_950)  # > max_input_len
+    assert [(c.text, c.finish_reason) for c in over_input] == [("", "length")]
     full = await collect(engine, params, PROMPT + "x " * 40_000)
     assert [(c.text, c.finish_reason) for c in full] == [("", "length")]
     assert len(model.requests) == 1  # nothing sent that the engine would reject

@@ -155,6 +155,8 @@ def test_cli_table_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert all(r["fraction"] == 0.5 and r["runs"] == 2 for r in rows)
     assert (tmp_path / "p.png").stat().st_size > 0
     assert simulate_cli(_parse(["--attempts", str(tmp_path / "none.csv")])) == 2
+    assert simulate_cli(_parse(["--attempts", str(log), "--seeds", "0"])) == 2
+    assert simulate_cli(_parse(["--attempts", str(log), "--set", "budget.nope=1"])) == 2
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

@@ -87,8 +87,18 @@ def attempt_script(
             text += pieces(" The answer is \\boxed{18}.")
             final = Chunk("", 1, "stop")
             output = ""
-        rounds.append(Round(tuple(Chunk(p, 1) for p in text) + (final,), output))
+        rounds.append(Round((*(Chunk(p, 1) for p in text), final), output))
     return tuple(rounds)
+
+
+def without_calls(script: tuple[Round, ...]) -> tuple[Round, ...]:
+    """The same chunks as one round: the code is written but never stopped at or run."""
+    chunks = [
+        Chunk(chunk.text, chunk.tokens) if chunk.finish_reason else chunk
+        for round_ in script[:-1]
+        for chunk in round_.chunks
+    ]
+    return (Round((*chunks, *script[-1].chunks), ""),)
 
 
 class FastEngine:
@@ -99,6 +109,11 @@ class FastEngine:
 
     def __init__(self, scripts: list[tuple[Round, ...]]) -> None:
         self.scripts = scripts
+        # Seconds from handing over a code-end stop to the next round's request, per call:
+        # nothing else runs in between (the runner answers without suspending), so this is
+        # the harness's whole work for one tool call.
+        self.call_seconds: list[float] = []
+        self._stopped_at: dict[int, float] = {}
 
     async def start(self) -> None:
         return None
@@ -107,12 +122,17 @@ class FastEngine:
         return None
 
     def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
-        script = self.scripts[(params.seed or 0) % len(self.scripts)]
-        return self._stream(script[min(prompt.count(OUTPUT_MARK), len(script) - 1)])
+        seed = params.seed or 0
+        if seed in self._stopped_at:
+            self.call_seconds.append(time.perf_counter() - self._stopped_at.pop(seed))
+        script = self.scripts[seed % len(self.scripts)]
+        return self._stream(script[min(prompt.count(OUTPUT_MARK), len(script) - 1)], seed)
 
-    async def _stream(self, round_: Round) -> AsyncIterator[Chunk]:
+    async def _stream(self, round_: Round, seed: int) -> AsyncIterator[Chunk]:
         for chunk in round_.chunks:
             await asyncio.sleep(0)  # a real engine's chunks arrive through the event loop
+            if chunk.stop is not None:
+                self._stopped_at[seed] = time.perf_counter()
             yield chunk
 
 
@@ -123,17 +143,17 @@ class InstantResult:
 
 
 class InstantRunner:
-    """Answers every code call at once with the round's recorded output."""
+    """Answers every code call at once with the recorded output of the attempt's round."""
 
     def __init__(self, engine: FastEngine) -> None:
         self.engine = engine
-        self.calls = 0
+        self.calls: dict[str, int] = {}
 
     async def arun(self, code: str, session: str, timeout: float) -> InstantResult:
-        self.calls += 1
-        attempt, _, rounds_done = session.partition("#")
-        script = self.engine.scripts[int(attempt) % len(self.engine.scripts)]
-        return InstantResult("ok", script[0].output)
+        done = self.calls.get(session, 0)
+        self.calls[session] = done + 1
+        script = self.engine.scripts[int(session) % len(self.engine.scripts)]
+        return InstantResult("ok", script[min(done, len(script) - 1)].output)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,18 +172,18 @@ def run(args: argparse.Namespace) -> int:
     prompt = PromptTemplate.from_config(config.prompt).render(problem)
     rows = []
     for tokens in (1_000, 16_000):
-        for calls in (0, args.calls):
-            scripts = [
-                attempt_script(transcripts, tokens, calls, tags, offset=17 * i)
-                for i in range(args.streams)
-            ]
+        with_calls = [
+            attempt_script(transcripts, tokens, args.calls, tags, offset=17 * i)
+            for i in range(args.streams)
+        ]
+        # Same chunks, same tokens, with and without the code calls: the difference is the calls.
+        for scripts in ([without_calls(s) for s in with_calls], with_calls):
             anchor = _median(args.reps, lambda s=scripts: _engine_only(s, args.streams))
             harness = _median(
                 args.reps,
                 lambda s=scripts: _through_tir(s, args.streams, config, tags, prompt),
             )
-            rows.append(_row(tokens, calls, args.streams, anchor, harness))
-    _add_per_call_cost(rows)
+            rows.append(_row(tokens, args.streams, anchor, harness))
     results = {"target_us_per_token": TARGET_US_PER_TOKEN, "cases": rows}
     if args.json:
         Console().print_json(json.dumps(results))
@@ -227,6 +247,9 @@ def _through_tir(
 
     timing = _timed(main)
     timing["calls"] = float(sum(r.code_calls for r in records))
+    if engine.call_seconds:
+        timing["us_per_call_median"] = statistics.median(engine.call_seconds) * 1e6
+        timing["us_per_call_p90"] = statistics.quantiles(engine.call_seconds, n=10)[-1] * 1e6
     return timing
 
 
@@ -246,11 +269,12 @@ def _median(reps: int, case: Any) -> dict[str, float]:
 
 
 def _row(
-    tokens: int, calls: int, streams: int, anchor: dict[str, float], harness: dict[str, float]
+    target: int, streams: int, anchor: dict[str, float], harness: dict[str, float]
 ) -> dict[str, Any]:
     anchor_us = anchor["cpu_s"] / anchor["tokens"] * 1e6
     total_us = harness["cpu_s"] / harness["tokens"] * 1e6
     return {
+        "target_tokens": target,
         "tokens_per_attempt": harness["tokens"] / streams,
         "calls_per_attempt": harness.get("calls", 0.0) / streams,
         "streams": streams,
@@ -260,34 +284,25 @@ def _row(
         "harness_us_per_token": round(total_us - anchor_us, 3),
         "harness_cpu_s": round(harness["cpu_s"] - anchor["cpu_s"], 4),
         "calls": harness.get("calls", 0.0),
+        "harness_us_per_call_median": round(harness.get("us_per_call_median", 0.0), 1),
+        "harness_us_per_call_p90": round(harness.get("us_per_call_p90", 0.0), 1),
     }
 
 
-def _add_per_call_cost(rows: list[dict[str, Any]]) -> None:
-    """Per tool call: the extra harness CPU of a case with calls over its length's no-call case."""
-    by_length = {}
-    for row in rows:
-        if row["calls"] == 0:
-            by_length[round(row["tokens_per_attempt"], -3)] = row
-    for row in rows:
-        base = by_length.get(round(row["tokens_per_attempt"], -3))
-        if row["calls"] and base is not None:
-            expected = base["harness_us_per_token"] * row["tokens"] / 1e6
-            extra = row["harness_cpu_s"] - expected
-            row["harness_us_per_call"] = round(extra / row["calls"] * 1e6, 1)
-
-
 def _print_table(results: dict[str, Any]) -> None:
-    table = Table(title="harness CPU cost (process CPU clock; anchor = same engine, no harness)")
+    table = Table(
+        title="harness CPU us per token (process CPU; anchor = same engine without the harness)"
+    )
     columns = (
-        "tokens/attempt",
-        "calls/attempt",
+        "tok/att",
+        "calls/att",
         "streams",
-        "anchor us/token",
-        "TIR us/token",
-        "harness us/token",
-        "harness us/call",
-        "target us/token",
+        "anchor",
+        "TIR",
+        "harness",
+        "target",
+        "us/call p50",
+        "us/call p90",
     )
     for column in columns:
         table.add_column(column, justify="right")
@@ -299,7 +314,8 @@ def _print_table(results: dict[str, Any]) -> None:
             f"{row['anchor_engine_only_us_per_token']:.2f}",
             f"{row['tir_us_per_token']:.2f}",
             f"{row['harness_us_per_token']:.2f}",
-            str(row.get("harness_us_per_call", "-")),
             f"{results['target_us_per_token']:.1f}",
+            f"{row['harness_us_per_call_median']:.1f}" if row["calls"] else "-",
+            f"{row['harness_us_per_call_p90']:.1f}" if row["calls"] else "-",
         )
     Console().print(table)

@@ -200,14 +200,17 @@ class _Batch:
 
         engine = self.engine
         ids = torch.tensor([request.prompt_ids], device=engine.device)
-        output = self._forward(input_ids=ids, cache=DynamicCache(config=engine.model.config))
+        # logits_to_keep=1: a 16k-token prompt's full logits would be gigabytes.
+        output = self._forward(
+            input_ids=ids, cache=DynamicCache(config=engine.model.config), logits_to_keep=1
+        )
         request.seen_ids = ids[0]
         if request.params.seed is not None:
             request.generator = torch.Generator(device=engine.device)
             request.generator.manual_seed(request.params.seed)
         mask = torch.ones((1, ids.shape[1]), dtype=torch.long, device=engine.device)
         self._join(request, _cache_of(output), mask)
-        self._emit(len(self.requests) - 1, self._sample(output.logits[0, -1], request))
+        self._emit(len(self.requests) - 1, self._sample(output.logits[:, -1], [request])[0])
 
     def _join(self, request: _Request, cache: Any, mask: Any) -> None:
         import torch
@@ -258,36 +261,55 @@ class _Batch:
             input_ids=tokens, attention_mask=self.mask, position_ids=positions, cache=self.cache
         )
         self.cache = _cache_of(output)
-        logits = output.logits[:, -1]
-        for row, request in enumerate(self.requests):
-            self._emit(row, self._sample(logits[row], request))
+        for row, token in enumerate(self._sample(output.logits[:, -1], self.requests)):
+            self._emit(row, token)
         self.drop_finished()
 
-    def _sample(self, logits: Any, request: _Request) -> int:
+    def _sample(self, logits: Any, requests: list[_Request]) -> list[int]:
+        """One token per row of `logits` ([rows, vocab]), each with its request's sampling.
+
+        One sort serves every row's top-k, top-p and min-p; each row draws its own
+        uniform number from its own generator (seeded attempts stay reproducible in
+        any batch) and inverts its distribution; one host sync for the whole batch.
+        """
         import torch
 
-        params = request.params
         scores = logits.float()
-        if params.repetition_penalty != 1.0:
-            seen = request.seen_ids.unique()
-            picked = scores[seen]
-            scores[seen] = torch.where(
-                picked > 0, picked / params.repetition_penalty, picked * params.repetition_penalty
-            )
-        if params.temperature <= 0.0:
-            return int(scores.argmax())
-        scores = scores / params.temperature
-        if params.top_k > 0:
-            kth = torch.topk(scores, min(params.top_k, scores.numel())).values[-1]
-            scores = scores.masked_fill(scores < kth, float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        if params.min_p > 0.0:
-            probs = probs.masked_fill(probs < params.min_p * probs.max(), 0.0)
-        if params.top_p < 1.0:
-            sorted_probs, order = probs.sort(descending=True)
-            outside = sorted_probs.cumsum(0) - sorted_probs > params.top_p
-            probs = probs.scatter(0, order, sorted_probs.masked_fill(outside, 0.0))
-        return int(torch.multinomial(probs, 1, generator=request.generator))
+        for row, request in enumerate(requests):
+            penalty = request.params.repetition_penalty
+            if penalty != 1.0:
+                seen = request.seen_ids.unique()
+                picked = scores[row, seen]
+                scores[row, seen] = torch.where(picked > 0, picked / penalty, picked * penalty)
+        device = scores.device
+        rows = len(requests)
+        temperature = torch.tensor(
+            [max(r.params.temperature, 1e-6) for r in requests], device=device
+        ).unsqueeze(1)
+        sorted_scores, order = (scores / temperature).sort(dim=-1, descending=True)
+        probs = torch.softmax(sorted_scores, dim=-1)
+        rank = torch.arange(probs.shape[1], device=device).unsqueeze(0)
+        top_k = torch.tensor(
+            [r.params.top_k or probs.shape[1] for r in requests], device=device
+        ).unsqueeze(1)
+        top_p = torch.tensor([r.params.top_p for r in requests], device=device).unsqueeze(1)
+        min_p = torch.tensor([r.params.min_p for r in requests], device=device).unsqueeze(1)
+        drop = (
+            (rank >= top_k)
+            | (probs.cumsum(dim=-1) - probs > top_p)
+            | (probs < min_p * probs[:, :1])
+        )
+        probs = probs.masked_fill(drop, 0.0)
+        cumulative = probs.cumsum(dim=-1)
+        uniform = torch.cat(
+            [torch.rand(1, generator=r.generator, device=device) for r in requests]
+        ).unsqueeze(1)
+        picked = torch.searchsorted(cumulative, uniform * cumulative[:, -1:]).clamp_(
+            max=probs.shape[1] - 1
+        )
+        greedy = torch.tensor([r.params.temperature <= 0.0 for r in requests], device=device)
+        picked = torch.where(greedy.unsqueeze(1), torch.zeros_like(picked), picked)
+        return order.gather(1, picked).view(rows).tolist()
 
     def _emit(self, row: int, token: int) -> None:
         """Record `token` for `row`; deliver its text, and the end when it ends the request."""

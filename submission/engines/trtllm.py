@@ -56,6 +56,7 @@ class EngineFacts:
 
     built_version: str
     max_seq_len: int
+    max_input_len: int
     max_batch_size: int
     greedy_drafter: bool
     source: str  # the file the facts came from
@@ -88,6 +89,7 @@ def inspect_engine_dir(engine_dir: Path, tokenizer_dir: Path, verify_hashes: boo
     return EngineFacts(
         built_version=manifest.tensorrt_llm_version,
         max_seq_len=manifest.max_seq_len,
+        max_input_len=manifest.max_input_len,
         max_batch_size=manifest.max_batch_size,
         greedy_drafter=manifest.greedy_drafter,
         source=str(engine_dir / "manifest.json"),
@@ -109,6 +111,7 @@ def _facts_from_config(engine_config: dict[str, Any], source: str) -> EngineFact
     return EngineFacts(
         built_version=version,
         max_seq_len=max_seq_len,
+        max_input_len=int(build.get("max_input_len", max_seq_len)),
         max_batch_size=int(build.get("max_batch_size", 0)),
         greedy_drafter=greedy,
         source=source,
@@ -204,9 +207,10 @@ class TrtllmEngine:
         except Exception as exc:
             yield Chunk("", 0, "error", error=f"trtllm: cannot tokenize the prompt: {exc}")
             return
-        # The engine rejects prompt + max_tokens > max_seq_len: clamp to the room left.
+        # The engine rejects an input over max_input_len, and prompt + max_tokens over
+        # max_seq_len: a late TIR round that no longer fits ends as "length", not as an error.
         room = self.facts.max_seq_len - len(prompt_ids)
-        if room <= 0:
+        if room <= 0 or len(prompt_ids) > self.facts.max_input_len:
             yield Chunk("", 0, "length")
             return
         max_tokens = min(params.max_tokens, room)

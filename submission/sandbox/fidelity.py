@@ -19,9 +19,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from submission.config import add_config_arguments, config_from_args
+
+if TYPE_CHECKING:
+    from submission.sandbox import Sandbox
 
 LOG = logging.getLogger(__name__)
 
@@ -147,12 +150,9 @@ def read_blocks(path: Path) -> Iterator[list[Block]]:
 
 
 async def replay_generations(
-    sandbox: object, generations: list[list[Block]], timeout: float, concurrency: int
+    sandbox: Sandbox, generations: list[list[Block]], timeout: float, concurrency: int
 ) -> list[Outcome]:
     """Run every generation's blocks in one session each, `concurrency` sessions at a time."""
-    from submission.sandbox import Sandbox
-
-    assert isinstance(sandbox, Sandbox)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(number: int, blocks: list[Block]) -> list[Outcome]:

@@ -190,9 +190,6 @@ def _become_session(
     for signum in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, signal.SIG_DFL)
     os.setsid()
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != server_pid:  # the server died between fork and prctl
-        os._exit(0)
     # Orphans of this session's children stay in its tree, where `kill` finds them.
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     server_channel.detach()
@@ -210,6 +207,10 @@ def _become_session(
         resource.setrlimit(getattr(resource, name), (soft, hard))
     if user is not None:
         _drop_privileges(user)
+    # After the drop, which clears it: die with the server.
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:  # the server died before the prctl
+        os._exit(0)
     sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115 (fd 0 outlives it)
 
 

@@ -202,7 +202,8 @@ class Sandbox:
             self._spares.clear()
         for sess in sessions:
             self._discard(sess, grace_s=0.0)
-        self._stop_server()
+        with self._server_lock:
+            self._stop_server()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Sandbox:
