@@ -18,7 +18,6 @@ real flags are listed, with their sources, in docs/build.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -32,9 +31,15 @@ import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Literal
 
 import preflight
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:  # run by path from a checkout: find the harness package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from submission.config import ConfigError, apply_mapping  # noqa: E402
 
 LOG = logging.getLogger("build.pipeline")
 BUILD_DIR = Path(__file__).resolve().parent
@@ -71,9 +76,9 @@ class CalibrationConfig:
 class QuantizeConfig:
     # "ns" (NeMo-Skills `ns convert`), "trtllm" (examples/quantization/quantize.py),
     # "auto" = ns when nemo_skills is installed and the format is fp8.
-    tool: str = "auto"
+    tool: Literal["auto", "ns", "trtllm"] = "auto"
     # "fp8", "int8_wo", or "auto" = fp8 on GPUs with FP8 (Ada/Hopper, sm >= 8.9), else int8_wo.
-    qformat: str = "auto"
+    qformat: Literal["auto", "fp8", "int8_wo"] = "auto"
     # ns convert builds a base engine here and leaves the checkpoint in OUTPUT-tmp-ckpt.
     output_model: str = "OpenMath-Nemotron-14B-kaggle-fp8-trtllm"
     hf_model_name: str = "nvidia/OpenMath-Nemotron-14B-kaggle"
@@ -113,7 +118,7 @@ class DrafterConfig:
     report_to: str = "none"
     # Conversion (TensorRT-LLM examples/redrafter/convert_checkpoint.py).
     checkpoint_dir: str = "OpenMath-Nemotron-14B-kaggle-fp8-draft-ckpt"
-    dtype: str = "bfloat16"  # must equal the base checkpoint's dtype
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"  # = the base checkpoint's
     tp_size: int = 1
     num_beams: int = 1
     draft_len_per_beam: int = 3
@@ -124,7 +129,8 @@ class DrafterConfig:
 @dataclass
 class EngineBuildConfig:
     output_dir: str = "OpenMath-Nemotron-14B-kaggle-fp8-redrafter-trtllm"
-    gemm_plugin: str = "auto"  # "auto" = fp8 for an fp8 checkpoint, else the drafter dtype
+    # "auto" = fp8 for an fp8 checkpoint, else the drafter dtype.
+    gemm_plugin: Literal["auto", "fp8", "bfloat16", "float16"] = "auto"
     max_batch_size: int = 32
     max_seq_len: int = 32_000
     max_input_len: int = 32_000
@@ -218,44 +224,13 @@ def load_pipeline_config(
             raise PipelineError(f"pipeline config not found: {path}") from None
         except tomllib.TOMLDecodeError as exc:
             raise PipelineError(f"pipeline config {path} is not valid TOML: {exc}") from None
-        _apply(config, data, "")
+        try:
+            apply_mapping(config, data)
+        except ConfigError as exc:
+            raise PipelineError(f"pipeline config: {exc}") from None
     if work_dir is not None:
         config.work_dir = work_dir
-    _validate(config)
     return config
-
-
-def _apply(target: Any, data: dict[str, Any], prefix: str) -> None:
-    hints = typing.get_type_hints(type(target))
-    names = {f.name for f in dataclasses.fields(target)}
-    for key, value in data.items():
-        where = f"{prefix}{key}"
-        if key not in names:
-            raise PipelineError(f"unknown pipeline config field {where!r}")
-        current = getattr(target, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise PipelineError(f"{where!r} is a section; give a table, not {value!r}")
-            _apply(current, value, f"{where}.")
-            continue
-        expected = typing.get_origin(hints[key]) or hints[key]
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise PipelineError(f"{where} must be {expected.__name__}, not {value!r}")
-        setattr(target, key, value)
-
-
-def _validate(config: PipelineConfig) -> None:
-    choices = {
-        "quantize.tool": (config.quantize.tool, ("auto", "ns", "trtllm")),
-        "quantize.qformat": (config.quantize.qformat, ("auto", "fp8", "int8_wo")),
-        "drafter.dtype": (config.drafter.dtype, ("bfloat16", "float16", "float32")),
-        "engine.gemm_plugin": (config.engine.gemm_plugin, ("auto", "fp8", "bfloat16", "float16")),
-    }
-    for where, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise PipelineError(f"{where} must be one of {allowed}, not {value!r}")
 
 
 # ---------------------------------------------------------------- facts

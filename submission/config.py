@@ -301,7 +301,7 @@ def load_config(
     if profile not in PROFILES:
         raise ConfigError(f"unknown profile {profile!r}; choose one of {sorted(PROFILES)}")
     config = Config()
-    _apply_mapping(config.profile, PROFILES[profile], "profile")
+    apply_mapping(config.profile, PROFILES[profile], "profile")
     if toml_path is not None:
         path = Path(toml_path)
         try:
@@ -310,7 +310,7 @@ def load_config(
             raise ConfigError(f"config file not found: {path}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        _apply_mapping(config, data, "")
+        apply_mapping(config, data, "")
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
@@ -342,7 +342,8 @@ def _field_names(obj: Any) -> set[str]:
     return {f.name for f in dataclasses.fields(obj)}
 
 
-def _apply_mapping(target: Any, data: dict[str, Any], prefix: str) -> None:
+def apply_mapping(target: Any, data: dict[str, Any], prefix: str = "") -> None:
+    """Set a dataclass tree's fields from nested TOML tables, checking every name and type."""
     hints = typing.get_type_hints(type(target))
     for key, value in data.items():
         dotted = f"{prefix}.{key}" if prefix else key
@@ -352,7 +353,7 @@ def _apply_mapping(target: Any, data: dict[str, Any], prefix: str) -> None:
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted!r} is a section; give a table, not {value!r}")
-            _apply_mapping(current, value, dotted)
+            apply_mapping(current, value, dotted)
         else:
             setattr(target, key, _coerce_value(value, hints[key], dotted))
 
@@ -364,6 +365,19 @@ def _coerce_value(value: Any, hint: Any, where: str) -> Any:
         if value not in typing.get_args(hint):
             raise ConfigError(f"{where} must be one of {typing.get_args(hint)}, not {value!r}")
         return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, not {value!r}")
+        (item_hint,) = typing.get_args(hint)
+        return [_coerce_value(v, item_hint, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table, not {value!r}")
+        key_hint, item_hint = typing.get_args(hint)
+        return {
+            _coerce_value(k, key_hint, where): _coerce_value(v, item_hint, where)
+            for k, v in value.items()
+        }
     if origin is tuple:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, not {value!r}")

@@ -145,10 +145,10 @@ def test_sample_config_is_the_defaults() -> None:
     [
         (
             "[engine]\nmax_batch_sizes = 4\n",
-            "unknown pipeline config field 'engine.max_batch_sizes'",
+            "unknown config field 'engine.max_batch_sizes'",
         ),
         ("[engine]\nmax_batch_size = '32'\n", "engine.max_batch_size must be int"),
-        ("[drafter]\ngreedy = 1\n", "drafter.greedy must be bool"),
+        ("[drafter]\ngreedy = 1\n", "drafter.greedy must be true or false"),
         ("[quantize]\nqformat = 'int4'\n", "quantize.qformat must be one of"),
         ("engine = 3\n", "'engine' is a section"),
         ("[engine\n", "not valid TOML"),
