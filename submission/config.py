@@ -241,6 +241,12 @@ class HfEngineConfig:
     device: str = "auto"  # "auto" = cuda when available, else cpu
     dtype: str = "auto"
     max_batch_size: int = 16
+    # transformers attention kernel ("eager", "sdpa", ...; "auto" = transformers' default).
+    # eager decoded 2.3-2.5x faster than sdpa on an H100 (docs/engines.md); its prefill
+    # holds a prompt-length-squared score matrix per head: pick "sdpa" for very long prompts.
+    attn_implementation: str = "eager"
+    # Prompt tokens per prefill pass (bounds the prefill's attention scores and memory).
+    prefill_chunk_tokens: int = 2048
 
 
 @dataclass

@@ -130,7 +130,9 @@ def run_builtin_gateway(
         started = time.monotonic()
         # The deadline applies only after the very first response.
         response = _call_in_worker(predict, args, None if index == 0 else timeout_s, rules)
-        log.info("row %d (%s): answered in %.2f s", index, row["id"][0], time.monotonic() - started)
+        log.debug(
+            "row %d (%s): answered in %.2f s", index, row["id"][0], time.monotonic() - started
+        )
         prediction = _through_relay(response)
         _validate(rules, prediction, row.select("id"))
         predictions.append(prediction)

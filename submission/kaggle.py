@@ -158,7 +158,7 @@ def _answer(serving: Serving, served_id: pl.Series, problem: Any, fallback: int)
             fallback,
         )
         return fallback
-    log.info("%s: answer %d in %.1f s", problem_id, answer, seconds)
+    log.debug("%s: answer %d in %.1f s", problem_id, answer, seconds)
     return int(answer)
 
 

@@ -28,11 +28,18 @@ def model_dir(request: pytest.FixtureRequest) -> Path:
     return cached(request.config.cache.mkdir("qwen2-tiny-random-v2"), build_random_qwen2)
 
 
-@pytest.fixture
-async def engine(model_dir: Path):
-    config = load_config("aimo3", None, [f"engine.hf.model={model_dir}", "engine.hf.device=cpu"])
+async def started(model_dir: Path, *sets: str) -> HfEngine:
+    config = load_config(
+        "aimo3", None, [f"engine.hf.model={model_dir}", "engine.hf.device=cpu", *sets]
+    )
     engine = HfEngine.from_config(config)
     await engine.start()
+    return engine
+
+
+@pytest.fixture
+async def engine(model_dir: Path):
+    engine = await started(model_dir)
     yield engine
     await engine.close()
 
@@ -132,3 +139,14 @@ async def test_a_failing_step_ends_streams_with_error_and_engine_recovers(engine
     assert "out of memory" in (chunks[-1].error or "")
     after = await collect(engine, PROMPTS[0], SamplingParams(max_tokens=5, temperature=0.0))
     assert after[-1].finish_reason == "length"
+
+
+async def test_chunked_prefill_gives_the_same_text(engine, model_dir):
+    greedy = SamplingParams(max_tokens=12, temperature=0.0)
+    whole = text_of(await collect(engine, PROMPTS[2], greedy))
+    chunked = await started(model_dir, "engine.hf.prefill_chunk_tokens=5")
+    try:
+        assert len(chunked.tokenizer.encode(PROMPTS[2])) > 3 * 5
+        assert text_of(await collect(chunked, PROMPTS[2], greedy)) == whole
+    finally:
+        await chunked.close()

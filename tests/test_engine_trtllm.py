@@ -232,6 +232,13 @@ async def test_model_runner_fallback_streams_stops_and_cancels(
         await engine.close()
 
 
+async def test_batch_size_is_capped_at_the_engines(tmp_path, tokenizer_dir, monkeypatch):
+    engine_dir = make_engine_dir(tmp_path / "engine", tokenizer_dir)  # built for 32
+    model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: "")
+    await engine_for(engine_dir, **{"engine.trtllm.max_batch_size": "64"}).start()
+    assert model.loaded[0]["max_batch_size"] == 32
+
+
 async def test_refuses_missing_config_and_tokenizer(tmp_path, tokenizer_dir):
     engine_dir = make_engine_dir(tmp_path / "engine", tokenizer_dir)
     (engine_dir / "config.json").unlink()
@@ -312,3 +319,43 @@ async def test_greedy_drafter_detection(
         await engine.start()
     assert engine.greedy is greedy
     assert ("GREEDY DRAFTER" in caplog.text) is warned
+
+
+async def test_a_real_transcript_through_the_tir_loop(tmp_path, tokenizer_dir, monkeypatch):
+    """The engine's stops drive the real TIR loop: code runs once, the answer comes back."""
+    from submission.answer import AnswerRange
+    from submission.prompt import CODE_TAGS
+    from submission.records import AttemptRecord
+    from submission.tir import TirLoop
+
+    generation = as_openmath(tora_generation(0))
+    before, _, after = generation.partition("</tool_call>\n```output\n")
+    recorded_output, _, closing = after.partition("```\n")
+    tags = CODE_TAGS["openmath"]
+
+    def respond(prompt: str) -> str:  # the model's next round, given what it has seen
+        return generation if "```output" not in prompt else closing
+
+    class Runner:
+        def __init__(self) -> None:
+            self.codes: list[str] = []
+
+        async def arun(self, code: str, session: str, timeout: float):
+            self.codes.append(code)
+            return type("Result", (), {"status": "ok", "output": recorded_output})()
+
+    engine_dir = make_engine_dir(tmp_path / "engine", tokenizer_dir)
+    fake_trt.install(monkeypatch, engine_dir, respond)
+    engine = engine_for(engine_dir)
+    await engine.start()
+    config = load_config("aimo3", None, [])
+    runner = Runner()
+    tir = TirLoop(engine, runner, tags, config.tir, AnswerRange(0, 99_999))
+    record = AttemptRecord(problem_id="gsm8k-0", attempt_num=0, seed=0)
+    params = SamplingParams(max_tokens=4000, stop=STOPS, seed=0)
+    await tir.run_attempt(record, PROMPT, params, session="a0")
+
+    assert (record.answer, record.code_calls, record.errors) == (18, 1, 0)
+    assert runner.codes == [before.partition("<tool_call>\n")[2].strip("\n")]
+    assert record.text.startswith(before + tags.format_output(recorded_output))
+    assert record.finish_reason in ("boxed", "stop")

@@ -12,6 +12,8 @@ but it runs wherever torch does (CPU in CI).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import inspect
 import logging
 import queue
@@ -90,8 +92,11 @@ class HfEngine:
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(self.config.model)
+            attention = self.config.attn_implementation
             model = AutoModelForCausalLM.from_pretrained(
-                self.config.model, dtype=getattr(torch, dtype)
+                self.config.model,
+                dtype=getattr(torch, dtype),
+                **({} if attention == "auto" else {"attn_implementation": attention}),
             )
         except (OSError, ValueError) as exc:
             raise EngineError(f"hf: cannot load {self.config.model}: {exc}") from None
@@ -117,7 +122,7 @@ class HfEngine:
         request = _Request(
             prompt_ids=self.tokenizer.encode(prompt, add_special_tokens=False),
             params=params,
-            deliver=lambda chunk: loop.call_soon_threadsafe(chunks.put_nowait, chunk),
+            deliver=functools.partial(_deliver, loop, chunks),
             decoder=IncrementalDecoder(self.tokenizer),
             matcher=StopMatcher(params.stop),
         )
@@ -188,6 +193,7 @@ class _Batch:
         self.requests: list[_Request] = []
         self.cache: Any = None
         self.mask: Any = None  # [batch, cache length], 1 = a real token
+        self.padded = False  # some row has padding (the mask is not all ones)
         self.last_tokens: list[int] = []
 
     def _forward(self, **kwargs: Any) -> Any:
@@ -200,16 +206,21 @@ class _Batch:
 
         engine = self.engine
         ids = torch.tensor([request.prompt_ids], device=engine.device)
-        # logits_to_keep=1: a 16k-token prompt's full logits would be gigabytes.
-        output = self._forward(
-            input_ids=ids, cache=DynamicCache(config=engine.model.config), logits_to_keep=1
-        )
+        cache = DynamicCache(config=engine.model.config)
+        # In chunks, keeping one position's logits: a 16k-token prompt in one pass would hold
+        # gigabytes of attention scores (eager) and of logits.
+        step = engine.config.prefill_chunk_tokens
+        for start in range(0, ids.shape[1], step):
+            output = self._forward(
+                input_ids=ids[:, start : start + step], cache=cache, logits_to_keep=1
+            )
+            cache = _cache_of(output)
         request.seen_ids = ids[0]
         if request.params.seed is not None:
             request.generator = torch.Generator(device=engine.device)
             request.generator.manual_seed(request.params.seed)
         mask = torch.ones((1, ids.shape[1]), dtype=torch.long, device=engine.device)
-        self._join(request, _cache_of(output), mask)
+        self._join(request, cache, mask)
         self._emit(len(self.requests) - 1, self._sample(output.logits[:, -1], [request])[0])
 
     def _join(self, request: _Request, cache: Any, mask: Any) -> None:
@@ -219,6 +230,7 @@ class _Batch:
         if self.cache is None:
             self.cache, self.mask = cache, mask
         else:
+            self.padded = self.padded or self.mask.shape[1] != mask.shape[1]
             old_len, new_len = self.mask.shape[1], mask.shape[1]
             length = max(old_len, new_len)
 
@@ -257,8 +269,10 @@ class _Batch:
         ones = torch.ones((len(self.requests), 1), dtype=self.mask.dtype, device=engine.device)
         self.mask = torch.cat([self.mask, ones], dim=1)
         tokens = torch.tensor([[t] for t in self.last_tokens], device=engine.device)
+        # Without padding the mask is all ones: leaving it out lets attention use its fast path.
+        mask = self.mask if self.padded else None
         output = self._forward(
-            input_ids=tokens, attention_mask=self.mask, position_ids=positions, cache=self.cache
+            input_ids=tokens, attention_mask=mask, position_ids=positions, cache=self.cache
         )
         self.cache = _cache_of(output)
         for row, token in enumerate(self._sample(output.logits[:, -1], self.requests)):
@@ -350,6 +364,7 @@ class _Batch:
             return
         if not keep:
             self.requests, self.last_tokens, self.cache, self.mask = [], [], None, None
+            self.padded = False
             return
         self.requests = [self.requests[i] for i in keep]
         self.last_tokens = [self.last_tokens[i] for i in keep]
@@ -362,15 +377,23 @@ class _Batch:
             for layer in self.cache.layers:
                 layer.keys = layer.keys[:, :, lead:]
                 layer.values = layer.values[:, :, lead:]
+        self.padded = self.padded and not bool(self.mask.all())
 
     def fail_all(self, message: str) -> None:
         for request in self.requests:
             if not request.cancelled.is_set():
                 request.deliver(Chunk("", 0, "error", error=message))
         self.requests, self.last_tokens, self.cache, self.mask = [], [], None, None
+        self.padded = False
 
 
 def _cache_of(output: Any) -> Any:
     """The KV cache a forward pass returned (`cache` in transformers >= 5.2x, else the old name)."""
     cache = getattr(output, "cache", None)
     return cache if cache is not None else output.past_key_values
+
+
+def _deliver(loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[Chunk], chunk: Chunk) -> None:
+    """Hand a chunk to its stream's event loop (gone already when its run ended: dropped)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(chunks.put_nowait, chunk)

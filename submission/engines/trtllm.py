@@ -195,6 +195,17 @@ class TrtllmEngine:
         log.info("trtllm: loading %s through ModelRunnerCpp", self.engine_dir)
         return _RunnerBackend(self)
 
+    def max_batch_size(self) -> int:
+        """The configured batch size, at most what the engine was built for."""
+        built = self.facts.max_batch_size if self.facts is not None else 0
+        wanted = self.config.max_batch_size
+        if 0 < built < wanted:
+            log.warning(
+                "trtllm: engine built for max_batch_size %d; using %d, not %d", built, built, wanted
+            )
+            return built
+        return wanted
+
     def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
         return self._stream(prompt, params)
 
@@ -286,7 +297,7 @@ class _LlmApiBackend:
             model=str(engine.engine_dir),
             tokenizer=str(engine.tokenizer_dir),
             kv_cache_config=kv_cache,
-            max_batch_size=config.max_batch_size,
+            max_batch_size=engine.max_batch_size(),
         )
 
     def sampling_params(self, params: SamplingParams, max_tokens: int) -> Any:
@@ -360,7 +371,7 @@ class _RunnerBackend:
         self.bindings = importlib.import_module("tensorrt_llm.bindings.executor")
         self.runner = runtime.ModelRunnerCpp.from_dir(
             str(engine.engine_dir),
-            max_batch_size=config.max_batch_size,
+            max_batch_size=engine.max_batch_size(),
             kv_cache_free_gpu_memory_fraction=config.kv_cache_free_gpu_memory_fraction,
             kv_cache_enable_block_reuse=config.enable_block_reuse,  # off by default there
         )
@@ -382,13 +393,15 @@ class _RunnerBackend:
                 with self._lock:
                     routes = list(self._routes.values())
                 for deliver in routes:
-                    deliver(exc)
+                    with contextlib.suppress(RuntimeError):
+                        deliver(exc)
                 self._stopping.wait(0.5)
             for response in responses:
                 with self._lock:
                     deliver = self._routes.get(response.request_id)
                 if deliver is not None:
-                    deliver(response)
+                    with contextlib.suppress(RuntimeError):  # its event loop already closed
+                        deliver(response)
 
     def request(self, prompt_ids: list[int], params: SamplingParams, max_tokens: int) -> Any:
         b = self.bindings

@@ -264,7 +264,8 @@ class Sandbox:
                     self._discard(sess, grace_s=0.0)
                     return
         except SandboxError as exc:
-            LOG.warning("sandbox could not prepare a spare session: %s", exc)
+            if not self._closed:  # a refill racing close() fails by design: no news
+                LOG.warning("sandbox could not prepare a spare session: %s", exc)
         finally:
             with self._sessions_lock:
                 self._refilling = False
