@@ -128,8 +128,9 @@ class BudgetConfig:
     max_problem_s: float = 3600.0
     # A problem gets this many fair shares of the whole budget, plus the time saved so far ...
     base_shares: float = 1.8
-    # ... but at most this many equal shares of the time now left.
-    stretch: float = 2.5
+    # ... but at most this many equal shares of the time now left (a cap for the bank of a
+    # fast run; on a slow one a wide cap lets the last problems keep a useful cut).
+    stretch: float = 4.0
 
 
 @dataclass

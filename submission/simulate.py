@@ -303,7 +303,7 @@ def sweep(
 # The tuned parameters and the values leave-problems-out cross-validation chooses among.
 CV_GRID: dict[str, tuple[float, ...]] = {
     "budget.base_shares": (1.4, 1.8, 2.2),
-    "budget.stretch": (2.0, 2.5, 3.0),
+    "budget.stretch": (2.5, 4.0, 6.0),
     "early_stop.error_power": (0.0, 0.5),
 }
 

@@ -48,8 +48,11 @@ def test_install_command_reads_the_dataset_layout(tmp_path: Path) -> None:
 
 
 def test_a_broken_wheel_fails_cleanly(tmp_path: Path) -> None:
+    # A name nothing has installed, so pip must open the wheel (an installed
+    # aimo-submission would be "already satisfied" and the broken file never read).
     (tmp_path / "wheels").mkdir()
-    (tmp_path / "wheels" / "aimo_submission-0.1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    (tmp_path / "wheels" / "aimo_offline_probe-0.1.0-py3-none-any.whl").write_bytes(b"not a zip")
+    (tmp_path / "requirements.txt").write_text("aimo-offline-probe==0.1.0\n")
     assert offline.install_offline_wheels(tmp_path, timeout_s=120) is False
 
 

@@ -85,19 +85,40 @@ def test_budget_is_a_base_plus_the_bank_capped_by_a_stretched_share() -> None:
 # --- early stop ---------------------------------------------------------------------------
 
 
+FAST = 20_000  # tokens per stream after 10 s: far more than give_up_tokens by the deadline
+
+
 def test_settled_vote_stops_on_agreement_or_an_uncatchable_leader() -> None:
     policy = SettledVote(agree=3)
     assert policy.decide(state([5, 5, 5], running=5)).reason == "3 agree"
-    assert not policy.decide(state([5, 5, 6], running=5)).stop
+    assert not policy.decide(state([5, 5, 6], running=5, tokens=FAST)).stop
     assert policy.decide(state([5, 5], running=1)).reason == "leader uncatchable"
     assert policy.decide(state([5, 5, None], running=0)).reason == "all finished"
 
 
 def test_settled_vote_takes_a_lead_late_in_the_budget() -> None:
     policy = SettledVote(late_fraction=0.5)
-    assert not policy.decide(state([5], running=10, elapsed=40)).stop
-    assert policy.decide(state([5], running=10, elapsed=50)).stop
+    # 10k tokens by 40 s: narrowed to 3, each still reaches 24k by the deadline (not tight).
+    assert not policy.decide(state([5], running=10, elapsed=40, tokens=10_000)).stop
+    assert policy.decide(state([5], running=10, elapsed=50, tokens=10_000)).stop
     assert not policy.decide(state([5, 6], running=10, elapsed=90)).stop  # a tie is no lead
+
+
+def test_settled_vote_takes_a_lead_at_once_when_the_budget_is_tight() -> None:
+    policy = SettledVote(give_up_tokens=24_000, narrow_tokens=40_000, min_running=3)
+    # 10 s into 100 s: a fast engine's kept streams can still reach 24k tokens, so wait ...
+    assert not policy.decide(state([5], running=10, tokens=FAST)).stop
+    # ... a slow one's can't (100 tokens in 10 s), so the first answer settles it.
+    decision = policy.decide(state([5], running=10, tokens=100))
+    assert decision.stop and decision.reason == "lead, budget tight"
+    assert not policy.decide(state([5, 6], running=10, tokens=100)).stop  # a tie is no lead
+    assert not policy.decide(state([], running=10, tokens=100)).stop  # nor is no answer
+    # Tight is judged on the streams narrowing keeps: R1 = (tokens / 10 s) * (1 + 0.087 * 9),
+    # 3 streams at R1 / 1.174 for the 90 s left: about 14.7 x tokens, short of 40k.
+    for tokens, tight in ((1500, True), (2000, False)):
+        reach_3 = tokens + tokens / 10 * (1 + 0.087 * 9) / (1 + 0.087 * 2) * 90
+        assert reach_3 < 40_000 and (reach_3 < 24_000) == tight
+        assert policy.decide(state([5], running=10, tokens=tokens)).stop == tight
 
 
 def test_settled_vote_gives_up_on_attempts_that_ran_too_long() -> None:

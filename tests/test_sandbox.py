@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -223,7 +224,8 @@ def ipython_output(code: str) -> str:
         warnings.simplefilter("ignore")  # IPython warns that sys.exit does not exit
         shell.run_cell(code)
     shell.reset()
-    return (captured.stdout + captured.stderr).replace("Out[1]: ", "").strip()
+    # The output prompt's number differs between IPython versions (Out[1] in 8, Out[0] in 9).
+    return re.sub(r"Out\[\d+\]: ", "", captured.stdout + captured.stderr).strip()
 
 
 IPYTHON_CELLS = {

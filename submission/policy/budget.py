@@ -24,7 +24,7 @@ class FairShareWithBank:
     min_problem_s: float = 60.0
     max_problem_s: float = 3600.0
     base_shares: float = 1.8
-    stretch: float = 2.5
+    stretch: float = 4.0
 
     def problem_seconds(self, run: RunState) -> float:
         usable = run.time_left_s - self.safety_margin_s

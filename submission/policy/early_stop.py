@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from submission.policy import ProblemState, StopDecision
@@ -32,10 +33,13 @@ class AgreeOrUncatchable:
 
 @dataclass(frozen=True)
 class SettledVote:
-    """Our default early stop: four rules on votes and progress, plus narrowing to what can finish.
+    """Our default early stop: rules on votes and progress, plus narrowing to what can finish.
 
     1. Stop when `agree` finished attempts agree, or the leader can't be caught.
-    2. Once `late_fraction` of the budget has passed, a lead of one vote settles it.
+    2. A lead of one vote settles it once `late_fraction` of the budget has
+       passed, or at once when the budget is tight: when even the streams kept
+       by narrowing can't decode `give_up_tokens` by the deadline, a second vote
+       would cost the problems still to come more than it can fix here.
     3. Give up when every running attempt has decoded `give_up_tokens`: attempts
        that long almost never end with an answer.
     4. Narrow: cancel attempts (highest numbers first, never below `min_running`)
@@ -64,26 +68,33 @@ class SettledVote:
             return StopDecision(True, reason=f"{leader} agree")
         if self.stop_when_uncatchable and leader and second + len(running) < leader:
             return StopDecision(True, reason="leader uncatchable")
+        keep, reach = self._narrowed(problem)
         late = problem.elapsed_s >= self.late_fraction * problem.budget_s
-        if late and leader > second:
-            return StopDecision(True, reason="lead late in the budget")
+        if leader > second and (late or reach < self.give_up_tokens):
+            return StopDecision(
+                True, reason="lead late in the budget" if late else "lead, budget tight"
+            )
         if min(a.tokens for a in running) >= self.give_up_tokens:
             return StopDecision(True, reason="running attempts too long")
-        return StopDecision(False, cancel=self._narrow(problem))
+        by_number = sorted((a.attempt_num for a in running), reverse=True)
+        return StopDecision(False, cancel=tuple(by_number[: len(running) - keep]))
 
-    def _narrow(self, problem: ProblemState) -> tuple[int, ...]:
+    def _narrowed(self, problem: ProblemState) -> tuple[int, float]:
+        """How many streams to keep, and the tokens each kept one is projected to reach."""
         running = problem.running
+        n = len(running)
         decoded = max(a.tokens for a in running)
         if decoded <= 0 or problem.elapsed_s <= 0:
-            return ()  # no rate measured yet
-        n = len(running)
+            return n, math.inf  # no rate measured yet
         single_stream_rate = decoded / problem.elapsed_s * (1 + self.contention * (n - 1))
         seconds_left = max(0.0, problem.budget_s - problem.elapsed_s)
+
+        def reach(streams: int) -> float:
+            return (
+                decoded + single_stream_rate / (1 + self.contention * (streams - 1)) * seconds_left
+            )
+
         keep = n
-        while keep > self.min_running:
-            rate = single_stream_rate / (1 + self.contention * (keep - 1))
-            if decoded + rate * seconds_left >= self.narrow_tokens:
-                break
+        while keep > self.min_running and reach(keep) < self.narrow_tokens:
             keep -= 1
-        by_number = sorted((a.attempt_num for a in running), reverse=True)
-        return tuple(by_number[: n - keep])
+        return keep, reach(keep)
