@@ -218,7 +218,7 @@ def ipython_output(code: str) -> str:
     """What IPython itself shows for a cell (plain tracebacks, no colours), NeMo-Skills style."""
     shell_module = pytest.importorskip("IPython.core.interactiveshell")
     capture = pytest.importorskip("IPython.utils.capture")
-    shell = shell_module.InteractiveShell.instance(colors="NoColor")
+    shell = shell_module.InteractiveShell.instance(colors="nocolor")
     shell.InteractiveTB.set_mode("Plain")
     with capture.capture_output() as captured, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # IPython warns that sys.exit does not exit
