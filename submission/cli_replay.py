@@ -159,19 +159,27 @@ def _write_test_csv(problems: pl.DataFrame, out_dir: Path) -> Path:
 
 
 class _progress:
-    """A rich progress bar advanced once per solved problem (or nothing when disabled)."""
+    """A rich progress bar advanced once per solved problem (or nothing when disabled).
+
+    While it is shown, log records go through its console so they print above the bar.
+    """
 
     def __init__(self, total: int, enabled: bool) -> None:
         self.total = total
         self.enabled = enabled and sys.stderr.isatty()
         self._progress = None
+        self._saved_handlers: list[logging.Handler] = []
 
     def __enter__(self):  # type: ignore[no-untyped-def]
         if not self.enabled:
             return lambda result: None
+        from rich.logging import RichHandler
         from rich.progress import Progress
 
         self._progress = Progress(transient=True)
+        root = logging.getLogger()
+        self._saved_handlers = root.handlers[:]
+        root.handlers = [RichHandler(console=self._progress.console, show_path=False)]
         self._progress.start()
         task = self._progress.add_task("solving", total=self.total)
         return lambda result: self._progress.advance(task)  # type: ignore[union-attr]
@@ -179,6 +187,7 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:
             self._progress.stop()
+            logging.getLogger().handlers = self._saved_handlers
 
 
 def _print_summary(harness, submission_path, written, extra, seconds) -> None:  # type: ignore[no-untyped-def]
