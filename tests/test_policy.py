@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from submission.config import load_config
+from submission.config import BudgetConfig, EarlyStopConfig, load_config
 from submission.policy import FinishedAttempt, ProblemState, RunningAttempt, RunState
 from submission.policy.anchors import (
     BaseAndBank,
@@ -59,7 +59,7 @@ def run_state(elapsed: float, total: int = 10, done_n: int = 0, budget: float = 
 def test_budget_never_promises_more_than_is_usable(
     elapsed: float, done_n: int, stretch: float, margin: float
 ) -> None:
-    policy = FairShareWithBank(safety_margin_s=margin, stretch=stretch)
+    policy = FairShareWithBank(BudgetConfig(safety_margin_s=margin, stretch=stretch))
     run = run_state(elapsed, total=50, done_n=done_n, budget=17_400.0)
     seconds = policy.problem_seconds(run)
     assert 0.0 <= seconds <= max(0.0, run.time_left_s - margin)
@@ -67,7 +67,7 @@ def test_budget_never_promises_more_than_is_usable(
 
 def test_budget_is_a_base_plus_the_bank_capped_by_a_stretched_share() -> None:
     policy = FairShareWithBank(
-        safety_margin_s=100.0, min_problem_s=0.0, base_shares=1.5, stretch=2.0
+        BudgetConfig(safety_margin_s=100.0, min_problem_s=0.0, base_shares=1.5, stretch=2.0)
     )
     # 900 usable seconds over 10 problems: a share of 90; the base is 1.5 shares.
     assert policy.problem_seconds(run_state(0.0)) == 135.0
@@ -79,7 +79,9 @@ def test_budget_is_a_base_plus_the_bank_capped_by_a_stretched_share() -> None:
     assert policy.problem_seconds(run_state(100.0, done_n=5)) == 2 * 800 / 5
     # Ahead by a little: base + bank.
     assert policy.problem_seconds(run_state(400.0, done_n=5)) == 135.0 + 50.0
-    assert FairShareWithBank(max_problem_s=50.0).problem_seconds(run_state(0.0)) == 50.0
+    assert (
+        FairShareWithBank(BudgetConfig(max_problem_s=50.0)).problem_seconds(run_state(0.0)) == 50.0
+    )
 
 
 # --- early stop ---------------------------------------------------------------------------
@@ -89,7 +91,7 @@ FAST = 20_000  # tokens per stream after 10 s: far more than give_up_tokens by t
 
 
 def test_settled_vote_stops_on_agreement_or_an_uncatchable_leader() -> None:
-    policy = SettledVote(agree=3)
+    policy = SettledVote(EarlyStopConfig(agree=3))
     assert policy.decide(state([5, 5, 5], running=5)).reason == "3 agree"
     assert not policy.decide(state([5, 5, 6], running=5, tokens=FAST)).stop
     assert policy.decide(state([5, 5], running=1)).reason == "leader uncatchable"
@@ -97,7 +99,7 @@ def test_settled_vote_stops_on_agreement_or_an_uncatchable_leader() -> None:
 
 
 def test_settled_vote_takes_a_lead_late_in_the_budget() -> None:
-    policy = SettledVote(late_fraction=0.5)
+    policy = SettledVote(EarlyStopConfig(late_fraction=0.5))
     # 10k tokens by 40 s: narrowed to 3, each still reaches 24k by the deadline (not tight).
     assert not policy.decide(state([5], running=10, elapsed=40, tokens=10_000)).stop
     assert policy.decide(state([5], running=10, elapsed=50, tokens=10_000)).stop
@@ -105,7 +107,9 @@ def test_settled_vote_takes_a_lead_late_in_the_budget() -> None:
 
 
 def test_settled_vote_takes_a_lead_at_once_when_the_budget_is_tight() -> None:
-    policy = SettledVote(give_up_tokens=24_000, narrow_tokens=40_000, min_running=3)
+    policy = SettledVote(
+        EarlyStopConfig(give_up_tokens=24_000, narrow_tokens=40_000, min_running=3)
+    )
     # 10 s into 100 s: a fast engine's kept streams can still reach 24k tokens, so wait ...
     assert not policy.decide(state([5], running=10, tokens=FAST)).stop
     # ... a slow one's can't (100 tokens in 10 s), so the first answer settles it.
@@ -122,13 +126,13 @@ def test_settled_vote_takes_a_lead_at_once_when_the_budget_is_tight() -> None:
 
 
 def test_settled_vote_gives_up_on_attempts_that_ran_too_long() -> None:
-    policy = SettledVote(give_up_tokens=5000)
+    policy = SettledVote(EarlyStopConfig(give_up_tokens=5000))
     assert not policy.decide(state([], running=4, tokens=4999)).stop
     assert policy.decide(state([], running=4, tokens=5000)).stop
 
 
 def test_narrowing_keeps_what_can_finish_and_cancels_the_highest_numbers() -> None:
-    policy = SettledVote(narrow_tokens=10_000, min_running=3, contention=0.1)
+    policy = SettledVote(EarlyStopConfig(narrow_tokens=10_000, min_running=3, contention=0.1))
     # 16 streams at 10 tok/s each after 10 s: R1 = 10 * 2.5 = 25 tok/s; 90 s left.
     slow = state([], running=16, elapsed=10.0, budget=100.0, tokens=100)
     decision = policy.decide(slow)
@@ -155,7 +159,11 @@ def test_anchor_early_stops() -> None:
     assert not RunToEnd().decide(state([5] * 10, running=1)).stop
     top = AgreeOrUncatchable(agree=4, stop_when_uncatchable=False)
     assert not top.decide(state([5, 5], running=1)).stop
-    assert AgreeOrUncatchable(agree=4).decide(state([5, 5], running=1)).stop
+    assert (
+        AgreeOrUncatchable(agree=4, stop_when_uncatchable=True)
+        .decide(state([5, 5], running=1))
+        .stop
+    )
 
 
 # --- selection ----------------------------------------------------------------------------
@@ -202,7 +210,8 @@ def test_default_and_anchor_bundles() -> None:
     config = load_config()
     policy = default_policy(config)
     assert policy.attempts == config.solver.attempts
-    assert policy.early_stop.agree == config.early_stop.agree
+    assert policy.early_stop.config is config.early_stop  # type: ignore[attr-defined]
+    assert policy.budget.config is config.budget  # type: ignore[attr-defined]
     names = [p.name for p in anchor_policies()]
     assert names == ["aimo2-winner", "aimo3-top", "aimo3-runner-up", "plain"]
     assert [p.attempts for p in anchor_policies()] == [16, 8, 8, 8]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from submission.config import BudgetConfig
 from submission.policy import RunState
 
 
@@ -20,16 +21,13 @@ class FairShareWithBank:
     usable, whatever the clamps [min_problem_s, max_problem_s] say.
     """
 
-    safety_margin_s: float = 600.0
-    min_problem_s: float = 60.0
-    max_problem_s: float = 3600.0
-    base_shares: float = 1.8
-    stretch: float = 4.0
+    config: BudgetConfig  # the constants, documented (with their defaults) in config.py
 
     def problem_seconds(self, run: RunState) -> float:
-        usable = run.time_left_s - self.safety_margin_s
+        c = self.config
+        usable = run.time_left_s - c.safety_margin_s
         share_now = usable / run.problems_left
-        share_at_start = (run.solve_budget_s - self.safety_margin_s) / run.problems_total
+        share_at_start = (run.solve_budget_s - c.safety_margin_s) / run.problems_total
         bank = share_at_start * len(run.history) - run.elapsed_s
-        seconds = min(self.base_shares * share_at_start + max(0.0, bank), self.stretch * share_now)
-        return max(0.0, min(max(seconds, self.min_problem_s), self.max_problem_s, usable))
+        seconds = min(c.base_shares * share_at_start + max(0.0, bank), c.stretch * share_now)
+        return max(0.0, min(max(seconds, c.min_problem_s), c.max_problem_s, usable))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from submission.config import EarlyStopConfig
 from submission.policy import ProblemState, StopDecision
 from submission.policy.selection import vote_counts
 
@@ -13,8 +14,8 @@ from submission.policy.selection import vote_counts
 class AgreeOrUncatchable:
     """Stop when `agree` finished attempts agree, or when the leader can't be caught."""
 
-    agree: int = 4
-    stop_when_uncatchable: bool = True
+    agree: int
+    stop_when_uncatchable: bool
 
     def decide(self, problem: ProblemState) -> StopDecision:
         counts = vote_counts(problem.finished).most_common(2)
@@ -49,13 +50,7 @@ class SettledVote:
     engine's slow-down per extra stream, `contention` (rate = R1 / (1 + a*(n-1))).
     """
 
-    agree: int = 5
-    stop_when_uncatchable: bool = True
-    late_fraction: float = 0.5
-    give_up_tokens: int = 24_000
-    narrow_tokens: int = 40_000
-    min_running: int = 3
-    contention: float = 0.087
+    config: EarlyStopConfig  # the thresholds, documented (with their defaults) in config.py
 
     def decide(self, problem: ProblemState) -> StopDecision:
         running = problem.running
@@ -64,17 +59,17 @@ class SettledVote:
         counts = vote_counts(problem.finished).most_common(2)
         leader = counts[0][1] if counts else 0
         second = counts[1][1] if len(counts) > 1 else 0
-        if leader >= self.agree:
+        if leader >= self.config.agree:
             return StopDecision(True, reason=f"{leader} agree")
-        if self.stop_when_uncatchable and leader and second + len(running) < leader:
+        if self.config.stop_when_uncatchable and leader and second + len(running) < leader:
             return StopDecision(True, reason="leader uncatchable")
         keep, reach = self._narrowed(problem)
-        late = problem.elapsed_s >= self.late_fraction * problem.budget_s
-        if leader > second and (late or reach < self.give_up_tokens):
+        late = problem.elapsed_s >= self.config.late_fraction * problem.budget_s
+        if leader > second and (late or reach < self.config.give_up_tokens):
             return StopDecision(
                 True, reason="lead late in the budget" if late else "lead, budget tight"
             )
-        if min(a.tokens for a in running) >= self.give_up_tokens:
+        if min(a.tokens for a in running) >= self.config.give_up_tokens:
             return StopDecision(True, reason="running attempts too long")
         by_number = sorted((a.attempt_num for a in running), reverse=True)
         return StopDecision(False, cancel=tuple(by_number[: len(running) - keep]))
@@ -86,15 +81,16 @@ class SettledVote:
         decoded = max(a.tokens for a in running)
         if decoded <= 0 or problem.elapsed_s <= 0:
             return n, math.inf  # no rate measured yet
-        single_stream_rate = decoded / problem.elapsed_s * (1 + self.contention * (n - 1))
+        single_stream_rate = decoded / problem.elapsed_s * (1 + self.config.contention * (n - 1))
         seconds_left = max(0.0, problem.budget_s - problem.elapsed_s)
 
         def reach(streams: int) -> float:
             return (
-                decoded + single_stream_rate / (1 + self.contention * (streams - 1)) * seconds_left
+                decoded
+                + single_stream_rate / (1 + self.config.contention * (streams - 1)) * seconds_left
             )
 
         keep = n
-        while keep > self.min_running and reach(keep) < self.narrow_tokens:
+        while keep > self.config.min_running and reach(keep) < self.config.narrow_tokens:
             keep -= 1
         return keep, reach(keep)

@@ -41,7 +41,7 @@ class ErrorWeightedVote:
     log wrong answers average 1.95 code errors and right ones 0.66.
     """
 
-    error_power: float = 0.5
+    error_power: float  # config.early_stop.error_power
 
     def select(self, finished: Sequence[FinishedAttempt]) -> int | None:
         weights: dict[int, float] = {}
