@@ -27,7 +27,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run by path from a checkout: find the harness package
     sys.path.insert(0, str(REPO_ROOT))
 
-from submission.config import ConfigError, apply_mapping  # noqa: E402
+from submission.config import ConfigError, apply_mapping, read_toml  # noqa: E402
 
 LOG = logging.getLogger("build.pipeline")
 BUILD_DIR = Path(__file__).resolve().parent
@@ -217,17 +216,10 @@ def load_pipeline_config(
 ) -> PipelineConfig:
     config = PipelineConfig()
     if toml_path is not None:
-        path = Path(toml_path)
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PipelineError(f"pipeline config not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise PipelineError(f"pipeline config {path} is not valid TOML: {exc}") from None
-        try:
-            apply_mapping(config, data)
+            apply_mapping(config, read_toml(toml_path, "pipeline config"))
         except ConfigError as exc:
-            raise PipelineError(f"pipeline config: {exc}") from None
+            raise PipelineError(str(exc)) from None
     if work_dir is not None:
         config.work_dir = work_dir
     return config

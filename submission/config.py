@@ -310,20 +310,24 @@ def load_config(
     config = Config()
     apply_mapping(config.profile, PROFILES[profile], "profile")
     if toml_path is not None:
-        path = Path(toml_path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        apply_mapping(config, data, "")
+        apply_mapping(config, read_toml(toml_path))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form section.field=value")
         set_field(config, key.strip(), raw.strip())
     return config
+
+
+def read_toml(toml_path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables, or a ConfigError that names the file and the problem."""
+    path = Path(toml_path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{what} not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
 def set_field(config: Config, dotted: str, raw: str) -> None:
