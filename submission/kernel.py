@@ -89,8 +89,10 @@ def make_package_importable(code_dir: Path | None, wheel_dir: Path | None) -> bo
         log.error("code: no source, no installed package, no wheel dataset: attach one")
         return False
     # Our own wheel alone (stdlib only: submission.offline is inside it); its dependencies follow.
+    # --ignore-installed: `submission` is not importable, so metadata saying it is installed
+    # (a broken or hidden install) must not make pip skip it.
     folder = wheels / "wheels" if (wheels / "wheels").is_dir() else wheels
-    argv = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps"]
+    argv = [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--ignore-installed"]
     argv += ["--disable-pip-version-check", "--find-links", str(folder), PACKAGE_NAME]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
     importlib.invalidate_caches()

@@ -273,6 +273,28 @@ def test_a_failing_gateway_is_reported_and_the_log_kept(
     assert (out / "report.md").is_file()  # what was solved (here nothing) is still reported
 
 
+def venv_without_our_package(env_dir: Path) -> None:
+    """A venv that sees this interpreter's site-packages (polars & co.) but not our package.
+
+    The folders go in through a plain `.pth` line, which adds each to sys.path without
+    running the `.pth` files inside: so an editable install of aimo-submission there
+    (its finder is started by such a file) stays invisible, as on a fresh Kaggle image.
+    """
+    venv.create(env_dir)
+    site_dirs = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
+    purelib = subprocess.run(
+        [
+            str(env_dir / "bin" / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('purelib'))",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(purelib) / "parent_site.pth").write_text("\n".join(site_dirs) + "\n")
+
+
 @pytest.mark.slow
 def test_the_kernel_bootstraps_from_our_wheel_alone(tmp_path: Path) -> None:
     """No source dataset attached: kernel.py installs our wheel from the wheel dataset."""
@@ -290,7 +312,7 @@ def test_the_kernel_bootstraps_from_our_wheel_alone(tmp_path: Path) -> None:
         timeout=240,
         env=env,
     )
-    venv.create(tmp_path / "venv", system_site_packages=True)  # polars & co. from here
+    venv_without_our_package(tmp_path / "venv")
     alone = tmp_path / "src" / "kernel.py"  # as Kaggle runs the pushed code file
     alone.parent.mkdir()
     shutil.copy2(REPO / "submission" / "kernel.py", alone)
