@@ -45,6 +45,10 @@ BUILD_DIR = Path(__file__).resolve().parent
 STAGES = ("fetch", "calibration", "quantize", "drafter", "engine", "package")
 # Stages that take a GPU for minutes to hours: preflight checks run before them.
 EXPENSIVE_STAGES = ("quantize", "drafter", "engine", "package")
+# examples/redrafter/convert_checkpoint.py takes --base_model_checkpoint_dir (a quantized
+# Qwen2 TRT-LLM checkpoint) only since "ReDrafter support for Qwen" (PR #4875, first listed
+# in the 1.0 release notes); 0.x releases take --model_dir, an HF Llama only.
+MIN_TENSORRT_LLM = (1, 0)
 
 
 @dataclass
@@ -151,7 +155,8 @@ class PackageConfig:
 @dataclass
 class ChecksConfig:
     # The TensorRT-LLM version the Kaggle runtime installs (offline_wheels pins the same).
-    tensorrt_llm_version: str = "0.19.0"
+    # At least MIN_TENSORRT_LLM: the drafter conversion's flags need it (docs/build.md).
+    tensorrt_llm_version: str = "1.0.0"
     # Longest rendered prompt, and the generation budget of one attempt (all TIR rounds):
     # every TIR round re-sends prompt + text so far, so the engine's max_input_len must hold both.
     max_prompt_tokens: int = 1024
@@ -279,6 +284,25 @@ def resolved_gemm_plugin(config: PipelineConfig, facts: Facts) -> str:
     if config.engine.gemm_plugin != "auto":
         return config.engine.gemm_plugin
     return "fp8" if resolved_qformat(config, facts) == "fp8" else config.drafter.dtype
+
+
+def check_runtime_version(stage: str, version: str) -> list[str]:
+    """The pinned TensorRT-LLM must have the ReDrafter interface the drafter and engine use."""
+    if stage not in ("drafter", "engine"):
+        return []
+    try:
+        major_minor = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return [f"checks.tensorrt_llm_version {version!r} is not a release number"]
+    if major_minor < MIN_TENSORRT_LLM:
+        floor = ".".join(map(str, MIN_TENSORRT_LLM))
+        return [
+            f"checks.tensorrt_llm_version {version} < {floor}: its "
+            "examples/redrafter/convert_checkpoint.py has no --base_model_checkpoint_dir and "
+            "ReDrafter has no Qwen2 base model there; pin TensorRT-LLM >= "
+            f"{floor} here and in offline_wheels/requirements-trtllm.txt"
+        ]
+    return []
 
 
 def resolve(config: PipelineConfig, facts: Facts) -> preflight.Resolved:
@@ -606,7 +630,8 @@ def run_pipeline(
     steps = plan(config, facts)
     for stage in stages:
         if stage in EXPENSIVE_STAGES and not skip_checks and not dry_run:
-            problems = preflight.check_stage(stage, config, facts, resolve(config, facts))
+            problems = check_runtime_version(stage, config.checks.tensorrt_llm_version)
+            problems += preflight.check_stage(stage, config, facts, resolve(config, facts))
             if problems:
                 raise PipelineError(
                     f"stage {stage!r} would fail; fix these first (or pass --skip-checks):\n  - "

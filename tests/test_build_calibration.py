@@ -20,7 +20,7 @@ from submission.prompt import PromptTemplate  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRANSCRIPTS = DATA / "transcripts" / "tora70b_gsm8k.jsonl"
-FACTS = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "0.19.0", True, 500.0)
+FACTS = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", True, 500.0)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ sys.path.insert(0, str(BUILD_DIR))
 import pipeline  # noqa: E402
 import preflight  # noqa: E402
 
-H100 = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "0.19.0", True, 500.0)
+H100 = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", True, 500.0)
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def ready_work_dir(root: Path) -> pipeline.PipelineConfig:
             "redrafter_greedy_search": False,
             "redrafter_draft_len_per_beam": 3,
         },
-        f"{config.engine.output_dir}/config.json": {"version": "0.19.0"},
+        f"{config.engine.output_dir}/config.json": {"version": "1.0.0"},
     }
     for relative, content in files.items():
         (work / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -73,14 +73,14 @@ def test_a_ready_box_passes(tmp_path: Path, tools_on_path: None, stage: str) -> 
 def test_fp8_needs_ada_or_hopper(tmp_path: Path, tools_on_path: None) -> None:
     config = ready_work_dir(tmp_path)
     config.quantize.qformat = "fp8"
-    a100 = pipeline.Facts("NVIDIA A100-SXM4-80GB", (8, 0), "0.19.0", True, 500.0)
+    a100 = pipeline.Facts("NVIDIA A100-SXM4-80GB", (8, 0), "1.0.0", True, 500.0)
     (problem,) = check("quantize", config, a100)
     assert "compute capability 8.0) has no FP8" in problem and "int8_wo" in problem
     assert any("has no FP8" in p for p in check("engine", config, a100))
-    no_gpu = pipeline.Facts(None, None, "0.19.0", True, 500.0)
+    no_gpu = pipeline.Facts(None, None, "1.0.0", True, 500.0)
     assert any("no GPU compute capability" in p for p in check("quantize", config, no_gpu))
     # Ada (L4, sm_89) has FP8.
-    l4 = pipeline.Facts("NVIDIA L4", (8, 9), "0.19.0", True, 500.0)
+    l4 = pipeline.Facts("NVIDIA L4", (8, 9), "1.0.0", True, 500.0)
     assert check("quantize", config, l4) == []
 
 
@@ -89,7 +89,7 @@ def test_disk_room_and_tensorrt_llm_version(tmp_path: Path, tools_on_path: None)
     cramped = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "0.18.2", True, 12.5)
     problems = check("engine", config, cramped)
     assert any("engine needs about 40 GB free" in p and "12.5 GB" in p for p in problems)
-    assert any("tensorrt_llm 0.18.2 differs from the runtime's 0.19.0" in p for p in problems)
+    assert any("tensorrt_llm 0.18.2 differs from the runtime's 1.0.0" in p for p in problems)
     missing = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), None, True, 500.0)
     assert any("tensorrt_llm is not installed" in p for p in check("quantize", config, missing))
 
@@ -166,3 +166,30 @@ def test_pipeline_stops_before_a_failing_stage(tmp_path: Path, tools_on_path: No
     with pytest.raises(pipeline.PipelineError, match=r"stage 'engine' would fail[\s\S]*8000"):
         pipeline.run_pipeline(config, H100, ["engine"], emit=lambda _: None)
     assert not (Path(config.work_dir) / config.engine.output_dir / "rank0.engine").exists()
+
+
+@pytest.mark.parametrize("pinned", ["0.19.0", "0.21.0", "0.17.0.post1"])
+def test_a_0x_pin_stops_the_drafter_and_engine_stages(
+    tmp_path: Path, tools_on_path: None, pinned: str
+) -> None:
+    """0.x convert_checkpoint.py has --model_dir (HF Llama), not --base_model_checkpoint_dir."""
+    config = ready_work_dir(tmp_path)
+    config.checks.tensorrt_llm_version = pinned
+    box = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), pinned, True, 500.0)
+    for stage in ("drafter", "engine"):
+        with pytest.raises(pipeline.PipelineError, match=r"--base_model_checkpoint_dir"):
+            pipeline.run_pipeline(config, box, [stage], emit=lambda _: None)
+    assert pipeline.check_runtime_version("quantize", pinned) == []
+    assert pipeline.check_runtime_version("drafter", "1.0.0") == []
+    assert pipeline.check_runtime_version("engine", "1.2.1") == []
+    (problem,) = pipeline.check_runtime_version("drafter", "latest")
+    assert "not a release number" in problem
+
+
+def test_the_sample_config_pins_what_offline_wheels_installs() -> None:
+    config = pipeline.load_pipeline_config(BUILD_DIR / "pipeline.toml")
+    pins = (BUILD_DIR.parent / "offline_wheels" / "requirements-trtllm.txt").read_text()
+    assert f"tensorrt_llm=={config.checks.tensorrt_llm_version}\n" in pins
+    assert pipeline.check_runtime_version("drafter", config.checks.tensorrt_llm_version) == []
+    default = pipeline.PipelineConfig().checks.tensorrt_llm_version
+    assert config.checks.tensorrt_llm_version == default

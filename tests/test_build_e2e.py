@@ -71,7 +71,7 @@ elif tool == "convert_checkpoint.py":
 elif tool == "trtllm-build":
     pretrained = json.loads((Path(args.checkpoint_dir) / "config.json").read_text())
     write(Path(args.output_dir) / "config.json", {
-        "version": "0.19.0", "pretrained_config": pretrained,
+        "version": "1.0.0", "pretrained_config": pretrained,
         "build_config": {"max_batch_size": int(args.max_batch_size),
                          "max_seq_len": int(args.max_seq_len),
                          "max_input_len": int(args.max_input_len),
@@ -81,7 +81,7 @@ elif tool == "trtllm-build":
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 TRANSCRIPTS = DATA / "transcripts" / "toracode34b_gsm8k.jsonl"
-H100 = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "0.19.0", True, 500.0)
+H100 = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", True, 500.0)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from submission.manifest import read_manifest, verify_files  # noqa: E402
 
 # The shape of a TensorRT-LLM engine's config.json (version, pretrained_config, build_config).
 ENGINE_CONFIG = {
-    "version": "0.19.0",
+    "version": "1.0.0",
     "pretrained_config": {
         "architecture": "ReDrafterForQWenLM",
         "dtype": "bfloat16",
@@ -62,7 +62,7 @@ def test_package_writes_manifest_and_dataset_metadata(tmp_path: Path) -> None:
         engine, model, out, "someone/omr-14b-fp8", "OMR 14B FP8 ReDrafter", build_args=build_args
     )
     assert read_manifest(out) == manifest
-    assert manifest.tensorrt_llm_version == "0.19.0"
+    assert manifest.tensorrt_llm_version == "1.0.0"
     assert (manifest.dtype, manifest.quantization) == ("bfloat16", "fp8")
     assert manifest.speculative_decoding_mode == "explicit_draft_tokens"
     assert (manifest.greedy_drafter, manifest.draft_len_per_beam) == (False, 3)
@@ -139,7 +139,7 @@ def test_refuses_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(package_engine.PackageError, match="not an engine package"):
         package_engine.package_engine(engine, model, precious, *args)
     assert (precious / "notes.txt").read_text() == "keep me"
-    (engine / "config.json").write_text('{"version": "0.19.0"}')
+    (engine / "config.json").write_text('{"version": "1.0.0"}')
     with pytest.raises(package_engine.PackageError, match="lacks 'pretrained_config'"):
         package_engine.package_engine(engine, model, tmp_path / "out", *args)
 
@@ -152,7 +152,7 @@ def test_package_stage_through_the_pipeline(tmp_path: Path) -> None:
     config.engine.output_dir = engine.name
     config.fetch.model_dir = model.name
     config.package.dataset_id = "me/omr-engine"
-    facts = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "0.19.0", True, 500.0)
+    facts = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", True, 500.0)
     pipeline.run_pipeline(config, facts, ["package"], emit=lambda _: None)
     manifest = read_manifest(tmp_path / "kaggle-dataset")
     assert verify_files(tmp_path / "kaggle-dataset", manifest) == []

@@ -15,9 +15,9 @@ sys.path.insert(0, str(BUILD_DIR))
 import pipeline  # noqa: E402
 
 SAMPLE = BUILD_DIR / "pipeline.toml"
-H100 = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "0.19.0", True, 500.0)
-A100_NO_NS = pipeline.Facts("NVIDIA A100-SXM4-80GB", (8, 0), "0.19.0", False, 500.0)
-H100_NO_NS = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "0.19.0", False, 500.0)
+H100 = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", True, 500.0)
+A100_NO_NS = pipeline.Facts("NVIDIA A100-SXM4-80GB", (8, 0), "1.0.0", False, 500.0)
+H100_NO_NS = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", False, 500.0)
 
 
 def commands(stage: str, facts: pipeline.Facts = H100, **overrides: object) -> list[str]:

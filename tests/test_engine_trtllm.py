@@ -87,7 +87,7 @@ def joined(chunks: list[Chunk]) -> str:
     return "".join(c.text for c in chunks)
 
 
-@pytest.mark.parametrize("version", ["0.17.0", "1.0.0"])
+@pytest.mark.parametrize("version", ["0.19.0", "1.0.0"])
 async def test_streams_until_the_single_token_code_end(
     tmp_path, tokenizer_dir, monkeypatch, version
 ):
@@ -237,6 +237,43 @@ async def test_batch_size_is_capped_at_the_engines(tmp_path, tokenizer_dir, monk
     model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: "")
     await engine_for(engine_dir, **{"engine.trtllm.max_batch_size": "64"}).start()
     assert model.loaded[0]["max_batch_size"] == 32
+    # Uncapped, the LLM API refuses it (TrtLlmArgs.validate_build_config_with_runtime_params).
+    llm_class = fake_trt.sys.modules["tensorrt_llm._tensorrt_engine"].LLM
+    with pytest.raises(ValueError, match=r"max_batch_size \[64\] is greater"):
+        llm_class(model=str(engine_dir), max_batch_size=64)
+
+
+@pytest.mark.parametrize("version", ["0.17.0", "0.18.2"])
+async def test_before_0_19_auto_takes_the_runner_that_can_cancel(
+    tmp_path, tokenizer_dir, monkeypatch, caplog, version
+):
+    """0.17/0.18 results have no abort(): a closed stream would keep generating."""
+    text = as_openmath(tora_generation(6))
+    engine_dir = make_engine_dir(tmp_path / "engine", tokenizer_dir, version=version)
+    model = fake_trt.install(
+        monkeypatch, engine_dir, lambda prompt: text, version=version, tokens_per_step=1
+    )
+    engine = engine_for(engine_dir)
+    await engine.start()
+    try:
+        assert model.loaded[0]["api"] == "runner"
+        stream = engine.stream(PROMPT, SamplingParams(max_tokens=4000, stop=STOPS))
+        assert (await anext(stream)).finish_reason is None
+        await stream.aclose()
+        assert model.requests[0]["aborted"] is True
+    finally:
+        await engine.close()
+
+    forced = engine_for(engine_dir, **{"engine.trtllm.api": "llm"})
+    with caplog.at_level(logging.WARNING):
+        await forced.start()
+    assert model.loaded[1]["api"] == "llm"
+    assert "cannot abort" in caplog.text
+    stream = forced.stream(PROMPT, SamplingParams(max_tokens=4000, stop=STOPS))
+    assert (await anext(stream)).finish_reason is None
+    await stream.aclose()  # no abort() to call: the request is left running, not an error
+    assert model.requests[-1]["aborted"] is False
+    await forced.close()
 
 
 async def test_refuses_missing_config_and_tokenizer(tmp_path, tokenizer_dir):

@@ -5,10 +5,11 @@ refuses what cannot work (missing config or tokenizer, another TensorRT-LLM
 version, a max sequence length below the token budget), then imports
 `tensorrt_llm` (after the sandbox has started: fork after CUDA is unsafe) and
 loads the engine through the LLM API (1.x: `tensorrt_llm._tensorrt_engine.LLM`;
-0.17-0.21: `tensorrt_llm.LLM`), or through `ModelRunnerCpp`'s executor where
-that API is missing. Facts used here are from TensorRT-LLM's public source
-(tensorrt_llm/llmapi/llm.py, sampling_params.py, executor/result.py,
-runtime/model_runner_cpp.py; see tests/fakes/tensorrt_llm.py for versions).
+0.19-0.21: `tensorrt_llm.LLM`), or through `ModelRunnerCpp`'s executor where
+that API is missing or, before 0.19, cannot abort a request. Facts used here
+are from TensorRT-LLM's public source (tensorrt_llm/llmapi/llm.py,
+sampling_params.py, executor/result.py, runtime/model_runner_cpp.py, the release
+notes; see tests/fakes/tensorrt_llm.py for versions).
 
 Stop strings: single-token ones (`</tool_call>`, `<|im_end|>` in Qwen2.5) go
 to the engine as stop token ids, the rest as stop strings; the engine keeps the
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import datetime
 import importlib
+import itertools
 import json
 import logging
 import threading
@@ -48,6 +50,9 @@ FINISH_REASONS: dict[str | None, FinishReason] = {
 }
 # How long the ModelRunnerCpp poller waits for responses before checking for shutdown.
 RUNNER_POLL = datetime.timedelta(milliseconds=20)
+# The LLM API's results gained `abort()` in 0.19.0 (release notes: "Added abort request
+# support"); before it a closed stream keeps generating, so "auto" takes ModelRunnerCpp.
+LLM_API_ABORT_SINCE = (0, 19)
 
 
 @dataclass(frozen=True)
@@ -186,7 +191,17 @@ class TrtllmEngine:
 
     def _load_backend(self, tensorrt_llm: Any) -> _LlmApiBackend | _RunnerBackend:
         api = self.config.api
-        llm_class = _llm_class(tensorrt_llm) if api in ("auto", "llm") else None
+        version = str(tensorrt_llm.__version__)
+        can_abort = _release(version) >= LLM_API_ABORT_SINCE
+        wants_llm = api == "llm" or (api == "auto" and can_abort)
+        llm_class = _llm_class(tensorrt_llm) if wants_llm else None
+        if llm_class is not None and not can_abort:
+            log.warning(
+                "trtllm: TensorRT-LLM %s's LLM API cannot abort a request (0.19 can): a "
+                "cancelled attempt runs on to max_tokens; engine.trtllm.api = 'auto' would "
+                "use ModelRunnerCpp",
+                version,
+            )
         if llm_class is not None:
             log.info("trtllm: loading %s through %s", self.engine_dir, llm_class.__module__)
             return _LlmApiBackend(tensorrt_llm, llm_class, self)
@@ -269,9 +284,16 @@ def _load_tokenizer(tokenizer_dir: Path) -> Any:
         raise EngineError(f"trtllm: cannot load the tokenizer in {tokenizer_dir}: {exc}") from None
 
 
+def _release(version: str) -> tuple[int, int]:
+    """(major, minor) of a TensorRT-LLM version string such as 0.17.0.post1 or 1.0.0rc4."""
+    parts = [*version.split("."), "0"][:2]
+    major, minor = (int("".join(itertools.takewhile(str.isdigit, p)) or 0) for p in parts)
+    return major, minor
+
+
 def _llm_class(tensorrt_llm: Any) -> Any:
     """The TensorRT-engine LLM class of the installed version, or None where it is missing."""
-    major = int(str(tensorrt_llm.__version__).split(".")[0])
+    major = _release(str(tensorrt_llm.__version__))[0]
     try:
         if major >= 1:
             # In 1.x plain tensorrt_llm.LLM is the PyTorch backend; TRT engines load here.

@@ -1,7 +1,28 @@
 """A contract fake of the TensorRT-LLM surface `submission.engines.trtllm` uses.
 
 Written from TensorRT-LLM's public source (NVIDIA/TensorRT-LLM, Apache-2.0), read
-for facts only; no code is copied:
+for facts only; no code is copied. Release tags -> commits come from the
+`tensorrt_llm` submodule of triton-inference-server/tensorrtllm_backend at its
+tags (v0.17.0 350625cc, v0.18.0 3c046200, v0.19.0 c6f7d423, v0.20.0 79658429,
+v0.21.0 b4b1185a); tensorrt_llm/version.py reads 0.16.0 at 42a7b092, 0.17.0 at
+71213f72, 0.18.0 at 3c046200. Per version:
+- docs/source/release-notes.md (stored revision 001eaece): 0.16.0 added the
+  LLM API's `max_batch_size` / `max_num_tokens` runtime arguments; 0.19.0
+  added "abort request support" (`GenerationResult.abort()`) and refactored
+  `LlmArgs` with Pydantic; 0.18.x is 0.17.0 plus dependency updates. So a 0.x
+  result before 0.19 has no `abort()` (modelled below), and before 0.16 `LLM`
+  rejects `max_batch_size` (the dataclass `LlmArgs` has no such field).
+- https://nvidia.github.io/TensorRT-LLM/0.19.0/llm-api/reference.html and
+  .../0.21.0rc1/...: `LLM(model, tokenizer=None, tokenizer_mode='auto',
+  skip_tokenizer_init=False, trust_remote_code=False, tensor_parallel_size=1,
+  dtype='auto', revision=None, tokenizer_revision=None, **kwargs)`.
+- tensorrt_llm/llmapi/llm_args.py (Pydantic revisions): `max_batch_size:
+  Optional[int] = None`; an engine folder's config.json replaces
+  `build_config` (`_load_config_from_engine`); a runtime `max_batch_size` above
+  the engine's is a ValueError in `validate_build_config_with_runtime_params`
+  (one revision clamps it with a warning instead; the fake takes the strict
+  one). llm.py `_build_model`: `args.max_batch_size or
+  build_config.max_batch_size` goes to the executor.
 - tensorrt_llm/version.py and tensorrt_llm/sampling_params.py at 000a01de
   (1.0.0rc4): `SamplingParams` is a kw-only dataclass, `max_tokens` defaults
   to 32, `stop` / `stop_token_ids` / `include_stop_str_in_output=False` /
@@ -20,9 +41,11 @@ for facts only; no code is copied:
   END_ID and STOP_WORDS both finish as "stop"; the stop words' tokens are cut
   from the output unless include_stop_str_in_output; `abort()` ends the
   request as "cancelled"; background errors surface from `async for`.
-- tensorrt_llm/runtime/model_runner_cpp.py at 03832911: `ModelRunnerCpp.from_dir(
+- tensorrt_llm/runtime/model_runner_cpp.py at 03832911 (and two other stored
+  revisions, old and new, with the same three keywords): `ModelRunnerCpp.from_dir(
   engine_dir, *, max_batch_size=None, kv_cache_free_gpu_memory_fraction=None,
-  kv_cache_enable_block_reuse=False, ...)`, its executor in `.executor`
+  kv_cache_enable_block_reuse=False, ...)`, keyword-only; a `max_batch_size`
+  above the engine's falls back to the engine's. Its executor in `.executor`
   (older versions: `.session`).
 - cpp/tensorrt_llm/pybind/executor/request.cpp: `Request(input_token_ids,
   max_tokens, streaming=False, sampling_config, output_config, end_id, pad_id,
@@ -92,7 +115,12 @@ class KvCacheConfig:
     enable_partial_reuse: bool = True
 
 
-# TrtLlmArgs fields the 1.x LLM accepts as kwargs (a subset; anything else is a ValueError).
+# Releases that changed what the fake does (see the docstring for the sources).
+RUNTIME_BATCH_ARGS_SINCE = (0, 16)  # LLM(max_batch_size=..., max_num_tokens=...)
+ABORT_SINCE = (0, 19)  # GenerationResult.abort()
+RUNTIME_BATCH_ARGS = {"max_batch_size", "max_num_tokens"}
+
+# LlmArgs fields the LLM accepts as kwargs (a subset; anything else is a ValueError).
 LLM_ARGS = {
     "kv_cache_config",
     "max_batch_size",
@@ -178,8 +206,16 @@ class FakeModel:
             yield new, None, None
 
 
+def release(version: str) -> tuple[int, int]:
+    major, minor = version.split(".")[:2]
+    return int(major), int(minor)
+
+
 class RequestOutput:
-    """The streaming result of `generate_async` (real: GenerationResult + RequestOutput)."""
+    """The streaming result of `generate_async` (real: GenerationResult + RequestOutput).
+
+    No `abort()`: the 0.x results before 0.19 (`AbortableRequestOutput` has it).
+    """
 
     def __init__(self, model: FakeModel, prompt_ids: list[int], params: SamplingParams) -> None:
         self.model = model
@@ -194,10 +230,6 @@ class RequestOutput:
         ]
         end_id = params.end_id if params.end_id is not None else model.tokenizer.eos_token_id
         self._steps = model.steps(prompt_ids, params.max_tokens, end_id, self._stop_words)
-
-    def abort(self) -> None:
-        self._aborted = True
-        self.model.requests[-1]["aborted"] = True
 
     def __aiter__(self) -> RequestOutput:
         return self
@@ -231,6 +263,14 @@ class RequestOutput:
         return self
 
 
+class AbortableRequestOutput(RequestOutput):
+    """0.19+: `abort()` ends the request as "cancelled"."""
+
+    def abort(self) -> None:
+        self._aborted = True
+        self.model.requests[-1]["aborted"] = True
+
+
 def _check_engine_dir(model: str | Path) -> None:
     if not (Path(model) / "config.json").is_file():
         raise ValueError(f"{model} is not an engine folder (no config.json)")
@@ -240,6 +280,8 @@ class TrtLLM:
     """The TensorRT-engine LLM: `tensorrt_llm.LLM` in 0.x, `_tensorrt_engine.LLM` in 1.x."""
 
     fake_model: FakeModel  # bound by install()
+    accepted_args: frozenset[str] = frozenset(LLM_ARGS)  # bound by install()
+    result_class: type[RequestOutput] = AbortableRequestOutput  # bound by install()
 
     def __init__(
         self,
@@ -255,9 +297,16 @@ class TrtLLM:
         **kwargs: Any,
     ) -> None:
         for key in kwargs:
-            if key not in LLM_ARGS:
+            if key not in self.accepted_args:
                 raise ValueError(f"LLM got invalid argument: {key}")
         _check_engine_dir(model)
+        built = json.loads((Path(model) / "config.json").read_text())["build_config"]
+        runtime_batch = kwargs.get("max_batch_size")
+        if runtime_batch is not None and runtime_batch > built["max_batch_size"]:
+            raise ValueError(
+                f"max_batch_size [{runtime_batch}] is greater than build_config.max_batch_size "
+                f"[{built['max_batch_size']}] in build_config"
+            )
         if not isinstance(kwargs.get("kv_cache_config", KvCacheConfig()), KvCacheConfig):
             raise TypeError("kv_cache_config must be a KvCacheConfig")
         from transformers import AutoTokenizer
@@ -296,7 +345,7 @@ class TrtLLM:
         self.model.requests.append(
             {"prompt_ids": prompt_ids, "params": params, "streaming": streaming, "aborted": False}
         )
-        return RequestOutput(self.model, prompt_ids, params)
+        return self.result_class(self.model, prompt_ids, params)
 
     def shutdown(self) -> None:
         self._shutdown = True
@@ -496,7 +545,15 @@ def install(
 ) -> FakeModel:
     """Put fake `tensorrt_llm` modules of `version` into sys.modules; return the fake model."""
     model = FakeModel(engine_dir=engine_dir, respond=respond, **model_options)
-    llm_class = type("LLM", (TrtLLM,), {"fake_model": model})
+    accepted = set(LLM_ARGS)
+    if release(version) < RUNTIME_BATCH_ARGS_SINCE:
+        accepted -= RUNTIME_BATCH_ARGS
+    result_class = AbortableRequestOutput if release(version) >= ABORT_SINCE else RequestOutput
+    llm_class = type(
+        "LLM",
+        (TrtLLM,),
+        {"fake_model": model, "accepted_args": frozenset(accepted), "result_class": result_class},
+    )
     runner_class = type(
         "ModelRunnerCpp",
         (ModelRunnerCpp,),
