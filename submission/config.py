@@ -197,7 +197,8 @@ class SimEngineConfig:
 
     # Attempt log (CSV or parquet); empty = ../shared/data/attempts/hard50_dev_half.csv.
     attempts_csv: str = ""
-    # Single-stream decode rate (tokens/s); 0 = calibrate from the log.
+    # Single-stream decode rate (tokens/s); 0 = calibrate from the log (the median
+    # attempt's tokens/s, the recorded concurrency's slow-down undone).
     tokens_per_s: float = 0.0
     # Slow-down per extra concurrent stream: rate = R1 / (1 + a*(n-1)).
     contention: float = 0.087

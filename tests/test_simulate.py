@@ -83,6 +83,16 @@ def test_calibration_undoes_the_recorded_contention(tmp_path: Path) -> None:
     )
     (a, b) = problems_from_log(frame)
     assert a.correct_answer == 1 and a.attempts[0].finishes
+    # The median attempt's rate: a code-heavy attempt (100 s for 500 tokens) does not pull it
+    # down as a pooled 1,400 tokens / 125 s would; an attempt without a time is left out.
+    log.write_text(
+        "problem_id,answer,is_none,tokens,time_s\na,1,0,300,10\na,2,0,600,15\n"
+        "a,3,0,500,100\na,4,0,0,0\n"
+    )
+    assert calibrate_single_stream_rate(load_attempt_log(log), 1, 0.087) == pytest.approx(30)
+    log.write_text("problem_id,answer,is_none,tokens,time_s\na,1,0,0,0\n")
+    with pytest.raises(AttemptLogError, match="time_s > 0"):
+        calibrate_single_stream_rate(load_attempt_log(log), 1, 0.087)
     assert b.correct_answer is None and not b.attempts[0].finishes and b.attempts[0].answer is None
 
 
