@@ -166,6 +166,10 @@ class SandboxConfig:
     max_processes: int = 64  # RLIMIT_NPROC, effective when sessions run unprivileged
     # User the session processes drop to when the harness runs as root ("" = stay root).
     unprivileged_user: str = "nobody"
+    # ... each session as its own uid, counted up from here (with that user's group), so
+    # one session can't signal another's processes or spend their max_processes, and the
+    # files a session leaves in /tmp, /dev/shm, /var/tmp go with it; 0 = all share the user's.
+    first_session_uid: int = 61000
     # Sessions forked and warmed ahead of need: a new session then costs no fork.
     spare_sessions: int = 2
     # Warm modules imported once in the parent before sessions are forked.

@@ -146,22 +146,70 @@ def test_session_environment_is_isolated(sandbox: Sandbox) -> None:
     assert not os.path.exists(workdir)
 
 
+FIRST_SESSION_UID = load_config().sandbox.first_session_uid
+
+
 @pytest.mark.skipif(not AS_ROOT, reason="the privilege drop happens only when run as root")
-def test_sessions_run_as_the_unprivileged_user_and_can_still_import(sandbox: Sandbox) -> None:
-    nobody = pwd.getpwnam("nobody").pw_uid
+def test_sessions_run_as_uids_of_their_own_and_can_still_import(sandbox: Sandbox) -> None:
+    nobody = pwd.getpwnam("nobody")
     code = (
-        "import os, decimal, email.mime.text, sympy.physics.units\nprint(os.getuid(), os.geteuid())"
+        "import os, getpass, decimal, email.mime.text, sympy.physics.units\n"
+        "print(os.getuid(), os.geteuid(), os.getgid(), os.getgroups(), getpass.getuser())"
     )
-    result = sandbox.run(code, session="user")
+    first, second = (sandbox.run(code, session=f"user-{i}") for i in range(2))
+    assert first.status == second.status == "ok", (first, second)
+    uid, euid, gid, groups, name = first.stdout.split()
+    assert uid == euid and int(uid) >= FIRST_SESSION_UID
+    assert (int(gid), groups, name) == (nobody.pw_gid, "[]", "sandbox")
+    assert second.stdout.split()[0] not in (uid, str(nobody.pw_uid), "0")
+    for i in range(2):
+        sandbox.close_session(f"user-{i}")
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the privilege drop happens only when run as root")
+def test_kill_everything_reaches_only_the_sessions_own_processes(sandbox: Sandbox) -> None:
+    assert sandbox.run("x = 41", session="bystander").status == "ok"
+    # kill(-1) spares the caller; with a uid to itself there is nothing else to reach.
+    killer = sandbox.run("import os, signal\nos.kill(-1, signal.SIGKILL)", session="killer")
+    assert killer.status == "ok", killer
+    after = sandbox.run("print(x + 1)", session="bystander")
+    assert (after.status, after.stdout) == ("ok", "42\n")
+    for name in ("bystander", "killer"):
+        sandbox.close_session(name)
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the privilege drop happens only when run as root")
+def test_files_left_in_shared_tmp_go_with_the_session(sandbox: Sandbox) -> None:
+    code = (
+        "import os\nos.mkdir('/tmp/aimo-left-dir')\nopen('/tmp/aimo-left-dir/f', 'w').write('x')\n"
+        "open('/dev/shm/aimo-left-file', 'w').write('x')"
+    )
+    result = sandbox.run(code, session="litter")
     assert result.status == "ok", result
-    assert result.stdout.split() == [str(nobody), str(nobody)]
-    sandbox.close_session("user")
+    assert os.path.exists("/tmp/aimo-left-dir/f") and os.path.exists("/dev/shm/aimo-left-file")
+    sandbox.close_session("litter")
+    # The fork server removes them when it handles the kill, before it answers.
+    assert not os.path.exists("/tmp/aimo-left-dir")
+    assert not os.path.exists("/dev/shm/aimo-left-file")
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the privilege drop happens only when run as root")
+def test_sessions_can_share_the_users_uid() -> None:
+    """first_session_uid = 0: every session as the unprivileged user itself."""
+    with Sandbox(**{**LIMITS, "first_session_uid": 0}) as sb:
+        ids = [sb.run("import os\nprint(os.getuid())", session=f"s{i}").stdout for i in range(2)]
+        # Which is why sessions get uids of their own by default: here kill(-1) reaches s0.
+        assert sb.run("x = 41", session="s0").status == "ok"
+        sb.run("import os, signal\nos.kill(-1, signal.SIGKILL)", session="s1")
+        assert sb.run("print(x + 1)", session="s0").stdout != "42\n"
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert ids == [f"{nobody}\n"] * 2
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="the privilege drop happens only when run as root")
 def test_a_missing_user_still_drops_to_nobodys_ids() -> None:
     with Sandbox(**{**LIMITS, "unprivileged_user": "no-such-user-here"}) as sb:
-        result = sb.run("import os\nprint(os.getuid())", session="missing-user")
+        result = sb.run("import os\nprint(os.getgid())", session="missing-user")
     assert result.stdout == "65534\n"
 
 

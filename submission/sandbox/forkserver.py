@@ -22,11 +22,13 @@ import contextlib
 import ctypes
 import gc
 import importlib
+import itertools
 import json
 import logging
 import os
 import resource
 import select
+import shutil
 import signal
 import socket
 import sys
@@ -54,6 +56,11 @@ def main() -> None:
     if user is not None and not _can_drop(user):
         LOG.warning("cannot switch to uid %s here; sessions run as this user", user[0])
         user = None
+    first_uid = int(settings.get("first_session_uid") or 0)
+    if user is not None and first_uid and not _can_drop([first_uid, user[1]]):
+        LOG.warning("cannot switch to uid %d here; sessions share uid %d", first_uid, user[0])
+        first_uid = 0
+    uids = SessionUids(first_uid) if user is not None and first_uid else None
     path_fds = _reachable_import_paths() if user is not None else {}
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     # Sessions' garbage collections then skip the warm objects, which stay shared
@@ -62,7 +69,9 @@ def main() -> None:
     live: set[int] = set()  # session processes the harness is using
     ended: dict[int, int] = {}  # wait status of live sessions that died on their own
     try:
-        protocol.send(channel, {"failed_preloads": failed, "user": user})
+        protocol.send(
+            channel, {"failed_preloads": failed, "user": user, "session_uids": uids is not None}
+        )
     except OSError:  # the harness closed the sandbox before it was ready
         return
     while True:
@@ -79,7 +88,10 @@ def main() -> None:
             break
         op = request.get("op")
         if op == "spawn" and len(fds) == 3:
-            pid = _spawn(request, user, fds, channel, display, path_fds)
+            session_user = user if uids is None or user is None else [uids.take(), user[1]]
+            pid = _spawn(request, session_user, fds, channel, display, path_fds)
+            if uids is not None:
+                uids.bind(pid)
             live.add(pid)
             reply: dict[str, Any] = {"pid": pid}
         elif op == "kill":
@@ -87,6 +99,8 @@ def main() -> None:
             # An unknown pid belonged to a server that died: nothing left to kill.
             reply = _kill_session(pid, float(request["grace_s"]), ended) if pid in live else {}
             live.discard(pid)
+            if uids is not None:
+                uids.release(pid)
         else:
             reply = {"error": f"bad request {op!r}"}
         for fd in fds:
@@ -97,6 +111,55 @@ def main() -> None:
             break
     for pid in _children(os.getpid()):
         _kill_tree(pid)
+
+
+class SessionUids:
+    """One uid per live session, counted up from `first`, so that a session can neither
+    signal another's processes (`kill(-1)` reaches only its own uid) nor spend their
+    RLIMIT_NPROC; what a uid left in the shared temporary folders goes with it."""
+
+    def __init__(self, first: int) -> None:
+        self.first = first
+        self.by_pid: dict[int, int] = {}
+        self.pending: int | None = None  # taken for the session being forked
+
+    def take(self) -> int:
+        used = set(self.by_pid.values())
+        uid = next(u for u in itertools.count(self.first) if u not in used)
+        remove_leftovers(uid)  # a crashed earlier holder's files must not reach this session
+        self.pending = uid
+        return uid
+
+    def bind(self, pid: int) -> None:
+        if self.pending is not None:
+            self.by_pid[pid] = self.pending
+            self.pending = None
+
+    def release(self, pid: int) -> None:
+        uid = self.by_pid.pop(pid, None)
+        if uid is not None:
+            remove_leftovers(uid)
+
+
+# World-writable folders where a session may leave files outside its own directory.
+SHARED_TMP = ("/tmp", "/dev/shm", "/var/tmp")
+
+
+def remove_leftovers(uid: int) -> None:
+    """Remove what `uid` owns at the top of the shared temporary folders."""
+    for folder in SHARED_TMP:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            with contextlib.suppress(OSError):
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
 
 
 def _preload(modules: list[str]) -> list[str]:
@@ -199,6 +262,10 @@ def _become_session(
     os.dup2(fds[2], 2)
     _close_all_but({0, 1, 2, *fds, *keep})
     workdir = request["workdir"]
+    if user is not None:
+        os.chown(workdir, *user)
+        # A session uid has no passwd entry: getpass.getuser() reads these first.
+        os.environ.update({"USER": "sandbox", "LOGNAME": "sandbox"})
     os.chdir(workdir)
     os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PWD": workdir})
     limits = request["limits"]

@@ -84,6 +84,7 @@ class Sandbox:
         open_files: int = 256,
         max_processes: int = 64,
         unprivileged_user: str | None = "nobody",
+        first_session_uid: int = 61000,
         preload: Sequence[str] = DEFAULT_PRELOAD,
         max_output_chars: int = 1000,
         truncation_marker: str = "<output cut>",
@@ -101,6 +102,7 @@ class Sandbox:
             "RLIMIT_NOFILE": (open_files, open_files),
         }
         self._user = _unprivileged_ids(unprivileged_user)
+        self._first_session_uid = first_session_uid
         if self._user is not None:
             self._limits["RLIMIT_NPROC"] = (max_processes, max_processes)
         self._preload = list(preload)
@@ -130,6 +132,7 @@ class Sandbox:
             open_files=sc.open_files,
             max_processes=sc.max_processes,
             unprivileged_user=sc.unprivileged_user or None,
+            first_session_uid=sc.first_session_uid,
             preload=sc.preload,
             max_output_chars=config.tir.max_output_chars,
             truncation_marker=config.tir.truncation_marker,
@@ -271,9 +274,7 @@ class Sandbox:
                 self._refilling = False
 
     def _spawn(self, name: str) -> _Session:
-        workdir = tempfile.mkdtemp(prefix="aimo-sandbox-")
-        if self._user is not None:
-            os.chown(workdir, *self._user)
+        workdir = tempfile.mkdtemp(prefix="aimo-sandbox-")  # the session makes it its own
         parent_channel, child_channel = socket.socketpair()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
@@ -372,7 +373,11 @@ class Sandbox:
                 ),
             }
         )
-        settings = {"preload": self._preload, "user": self._user}
+        settings = {
+            "preload": self._preload,
+            "user": self._user,
+            "first_session_uid": self._first_session_uid,
+        }
         self._server = subprocess.Popen(
             [
                 sys.executable,
@@ -416,6 +421,13 @@ class Sandbox:
                 LOG.warning("sandbox could not preload %s", hello["failed_preloads"])
             if self._user is not None and hello.get("user") is None:
                 LOG.warning("sandbox sessions run as root: this machine refuses setuid")
+            elif (
+                self._user is not None and self._first_session_uid and not hello.get("session_uids")
+            ):
+                LOG.warning(
+                    "sandbox sessions share one uid: this machine refuses uid %d",
+                    self._first_session_uid,
+                )
             self._server_ready = True
         protocol.send(self._server_channel, request, fds)
         reply, _ = protocol.recv(self._server_channel)
