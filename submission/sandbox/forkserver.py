@@ -88,10 +88,11 @@ def main() -> None:
             break
         op = request.get("op")
         if op == "spawn" and len(fds) == 3:
-            session_user = user if uids is None or user is None else [uids.take(), user[1]]
+            uid = uids.take() if uids is not None else None
+            session_user = [uid, user[1]] if uid is not None and user is not None else user
             pid = _spawn(request, session_user, fds, channel, display, path_fds)
-            if uids is not None:
-                uids.bind(pid)
+            if uids is not None and uid is not None:
+                uids.by_pid[pid] = uid
             live.add(pid)
             reply: dict[str, Any] = {"pid": pid}
         elif op == "kill":
@@ -120,20 +121,14 @@ class SessionUids:
 
     def __init__(self, first: int) -> None:
         self.first = first
-        self.by_pid: dict[int, int] = {}
-        self.pending: int | None = None  # taken for the session being forked
+        self.by_pid: dict[int, int] = {}  # live session process -> its uid
 
     def take(self) -> int:
+        """The lowest free uid, cleared of what an earlier holder's stragglers left."""
         used = set(self.by_pid.values())
         uid = next(u for u in itertools.count(self.first) if u not in used)
-        remove_leftovers(uid)  # a crashed earlier holder's files must not reach this session
-        self.pending = uid
+        remove_leftovers(uid)
         return uid
-
-    def bind(self, pid: int) -> None:
-        if self.pending is not None:
-            self.by_pid[pid] = self.pending
-            self.pending = None
 
     def release(self, pid: int) -> None:
         uid = self.by_pid.pop(pid, None)
