@@ -185,11 +185,11 @@ def test_faults_still_give_a_valid_row_in_time(
     assert all(a.finish_reason == "error" for a in results["gsm8k-0001"].attempts)
     hung = results["gsm8k-0002"].attempts + results["gsm8k-0005"].attempts
     assert all(a.finish_reason == "cancelled" for a in hung)
-    # Every code call of that problem crashed (an attempt cut by the deadline on a loaded
-    # machine may not have reached its first one).
+    # Every code call of that problem that returned crashed; on a loaded machine the deadline
+    # may cut an attempt before its first call or during its last (counted, not returned).
     crashed = results["gsm8k-0004"].attempts
-    assert any(a.code_calls for a in crashed)
-    assert all(a.errors == a.code_calls for a in crashed)
+    assert any(a.errors for a in crashed)
+    assert all(a.code_calls - 1 <= a.errors <= a.code_calls for a in crashed)
     assert not busy_ports, f"we listen on gateway ports {busy_ports}"
 
 
