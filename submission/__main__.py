@@ -1,6 +1,7 @@
 """Command line: `python -m submission COMMAND ...`.
 
-Each command lives in its own module, imported only when that command runs
+Each command lives in its own module, `submission/commands/<command>.py` (dashes
+become underscores), imported only when that command runs
 (heavy dependencies stay unloaded). A command module exposes
 `add_arguments(parser)` and `run(args) -> int` (the exit code).
 """
@@ -15,15 +16,21 @@ import sys
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "replay": (
-        "submission.cli_replay",
+        "submission.commands.replay",
         "run problems through the gateway replay (default: embedded GSM8K + replay engine)",
     ),
-    "simulate": ("submission.simulate", "replay attempt logs as whole competition runs"),
-    "bench": ("submission.bench", "benchmarks: sandbox, harness"),
-    "fidelity": ("submission.sandbox.fidelity", "re-run recorded code blocks, compare outputs"),
-    "doctor": ("submission.doctor", "check this machine: packages, GPU, engine dir, sandbox"),
-    "kaggle-metadata": ("submission.metadata", "write or check kaggle_metadata.json"),
-    "build": ("submission.build_cli", "engine build pipeline (build/pipeline.toml)"),
+    "simulate": ("submission.commands.simulate", "replay attempt logs as whole competition runs"),
+    "bench": ("submission.commands.bench", "benchmarks: sandbox, harness"),
+    "fidelity": ("submission.commands.fidelity", "re-run recorded code blocks, compare outputs"),
+    "doctor": (
+        "submission.commands.doctor",
+        "check this machine: packages, GPU, engine dir, sandbox",
+    ),
+    "kaggle-metadata": (
+        "submission.commands.kaggle_metadata",
+        "write or check kaggle_metadata.json",
+    ),
+    "build": ("submission.commands.build", "engine build pipeline (build/pipeline.toml)"),
 }
 
 

@@ -199,7 +199,7 @@ class ReplayEngineConfig:
 class SimEngineConfig:
     """The sim engine: synthetic attempts drawn from an attempt log, for timing work."""
 
-    # Attempt log (CSV or parquet); empty = ../shared/data/attempts/hard50_dev_half.csv.
+    # Attempt log (CSV or parquet); required when engine.kind = "sim" (none is shipped).
     attempts_csv: str = ""
     # Single-stream decode rate (tokens/s); 0 = calibrate from the log (the median
     # attempt's tokens/s, the recorded concurrency's slow-down undone).

@@ -19,7 +19,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from submission.config import Config
-from submission.engines.base import Engine, create_engine
+from submission.engines.base import Engine
+from submission.engines.registry import create_engine
 from submission.policy import Policy, RunState
 from submission.policy.defaults import default_policy
 from submission.records import ProblemSummary

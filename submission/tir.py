@@ -19,6 +19,7 @@ from typing import Protocol
 from submission.answer import AnswerRange, extract_answer, last_boxed
 from submission.config import TirConfig
 from submission.engines.base import Chunk, Engine, SamplingParams
+from submission.mismatch import classify_mismatch
 from submission.prompt import CodeTags
 from submission.records import AttemptRecord
 
@@ -135,8 +136,6 @@ class TirLoop:
 
     @staticmethod
     def _note_divergence(record: AttemptRecord, ours: str, recorded: str) -> None:
-        from submission.sandbox.fidelity import classify_mismatch
-
         kind = classify_mismatch(ours, recorded)
         if kind != "match":
             record.output_mismatches += 1

@@ -196,7 +196,7 @@ def test_stamp_skips_an_up_to_date_step_and_reruns_a_changed_one(tmp_path: Path)
 def test_submission_build_command_runs_the_pipeline_by_path(tmp_path: Path) -> None:
     import subprocess
 
-    from submission import build_cli
+    from submission.commands import build as build_cli
 
     result = subprocess.run(
         [

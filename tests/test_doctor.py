@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from submission.__main__ import main
+from submission.commands.doctor import run_checks
 from submission.config import load_config
-from submission.doctor import run_checks
 from submission.manifest import EngineManifest, hash_folder, write_manifest
 
 

@@ -1,4 +1,4 @@
-"""submission.engines.bench_harness: the scripted attempts and the benchmark's own numbers."""
+"""submission.bench.harness: the scripted attempts and the benchmark's own numbers."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 import json
 
 from submission.answer import AnswerRange
+from submission.bench import harness as bench_harness
 from submission.config import load_config
-from submission.engines import bench_harness
 from submission.engines.base import SamplingParams
 from submission.prompt import CODE_TAGS
 from submission.records import AttemptRecord

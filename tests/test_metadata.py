@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from submission.__main__ import main
-from submission.config import load_config
-from submission.metadata import (
+from submission.commands.kaggle_metadata import (
     CODE_FILE,
     DEFAULT_PATH,
     KERNEL_METADATA_FILE,
@@ -18,6 +17,7 @@ from submission.metadata import (
     metadata_from_config,
     slugify,
 )
+from submission.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from submission.__main__ import main
-from submission.cli_replay import DEFAULT_PROBLEMS, ProblemFileError, read_problems
+from submission.commands.replay import DEFAULT_PROBLEMS, ProblemFileError, read_problems
 from submission.engines.replay import EMBEDDED_TRANSCRIPTS
 from submission.report import ATTEMPT_SCHEMA, PROBLEM_SCHEMA
 

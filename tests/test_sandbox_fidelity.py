@@ -9,15 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from submission.commands.fidelity import read_blocks, replay_generations, summarize
+from submission.mismatch import KINDS, classify_mismatch
 from submission.sandbox import Sandbox
-from submission.sandbox.fidelity import (
-    KINDS,
-    TORA_FILES,
-    classify_mismatch,
-    read_blocks,
-    replay_generations,
-    summarize,
-)
+
+# The full ToRA transcript files in the shared data set.
+TORA_FILES = ("tora70b_gsm8k.jsonl", "toracode34b_gsm8k.jsonl")
 
 
 def recorded_outputs(shared_data: Path) -> list[str]:

@@ -9,36 +9,37 @@ from pathlib import Path
 
 import pytest
 
+from submission.attempt_log import (
+    AttemptLogError,
+    LoggedAttempt,
+    LoggedProblem,
+    calibrate_single_stream_rate,
+    load_attempt_log,
+    problems_from_log,
+)
+from submission.commands.simulate import add_arguments
+from submission.commands.simulate import run as simulate_cli
 from submission.config import load_config
 from submission.policy import Policy, ProblemState, StopDecision
 from submission.policy.anchors import FairShare, RunToEnd, anchor_policies
 from submission.policy.defaults import default_policy
 from submission.policy.selection import MajorityVote
-from submission.simulate import (
-    DEFAULT_ATTEMPTS,
-    AttemptLogError,
-    LoggedAttempt,
-    LoggedProblem,
-    add_arguments,
-    calibrate_single_stream_rate,
-    load_attempt_log,
-    problems_from_log,
+from submission.simulator import (
     simulate_problem,
     simulate_run,
     simulation_config,
     sweep,
 )
-from submission.simulate import run as simulate_cli
 
 R1 = 100.0
 A = 0.5
 PLAIN = Policy("plain", 2, FairShare(), RunToEnd(), MajorityVote())
 
 
-def main_log_or_skip() -> Path:
-    if not DEFAULT_ATTEMPTS.is_file():
-        pytest.skip(f"../shared/data absent ({DEFAULT_ATTEMPTS}): needs the hard50 attempt log")
-    return DEFAULT_ATTEMPTS
+@pytest.fixture
+def main_log(shared_data: Path) -> Path:
+    """The hard50 attempt log (shared data; not shipped: no licence stated)."""
+    return shared_data / "attempts" / "hard50_dev_half.csv"
 
 
 def test_two_attempts_share_the_rate_then_the_last_one_speeds_up() -> None:
@@ -122,8 +123,8 @@ def test_runs_keep_the_budget_and_are_reproducible() -> None:
             assert not first.overrun and first.seconds <= 600.0
 
 
-def test_default_beats_the_anchors_on_the_real_log() -> None:
-    frame = load_attempt_log(main_log_or_skip())
+def test_default_beats_the_anchors_on_the_real_log(main_log: Path) -> None:
+    frame = load_attempt_log(main_log)
     problems = problems_from_log(frame)
     config = simulation_config(load_config(), len(problems))
     rate = calibrate_single_stream_rate(frame, 24, config.engine.sim.contention)
@@ -136,8 +137,10 @@ def test_default_beats_the_anchors_on_the_real_log() -> None:
     assert all(ours.score_mean > a.score_mean for a in anchors)
 
 
-def test_cli_table_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    log = main_log_or_skip()
+def test_cli_table_json_and_plot(
+    main_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = main_log
     args = _parse(
         [
             "--attempts",
@@ -165,6 +168,7 @@ def test_cli_table_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert all(r["fraction"] == 0.5 and r["runs"] == 2 for r in rows)
     assert (tmp_path / "p.png").stat().st_size > 0
     assert simulate_cli(_parse(["--attempts", str(tmp_path / "none.csv")])) == 2
+    assert simulate_cli(_parse([])) == 2  # no log given: a clear error, not a traceback
     assert simulate_cli(_parse(["--attempts", str(log), "--seeds", "0"])) == 2
     assert simulate_cli(_parse(["--attempts", str(log), "--set", "budget.nope=1"])) == 2
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from submission.attempt_log import LoggedAttempt, LoggedProblem
 from submission.config import load_config
 from submission.engines.base import Chunk, Engine, EngineError, SamplingParams
 from submission.engines.sim import SimEngine
-from submission.simulate import LoggedAttempt, LoggedProblem
 
 R1 = 100.0
 A = 0.5

@@ -153,13 +153,13 @@ async def test_hard_problems_last_still_get_time(log_path: Path) -> None:
 @pytest.mark.looptime
 async def test_the_solver_scores_what_the_simulator_predicts(log_path: Path) -> None:
     """The same policy objects in the real Solver and in the simulator give the same picture."""
-    from submission.policy.defaults import default_policy
-    from submission.simulate import (
+    from submission.attempt_log import (
         calibrate_single_stream_rate,
         load_attempt_log,
         problems_from_log,
-        simulate_run,
     )
+    from submission.policy.defaults import default_policy
+    from submission.simulator import simulate_run
 
     speed = 0.25  # where policies differ most
     frame = load_attempt_log(log_path)

@@ -77,28 +77,3 @@ class Engine(Protocol):
 class EngineError(RuntimeError):
     """An engine that cannot start (bad engine dir, version mismatch, ...): raised at start."""
 
-
-def create_engine(config: Any) -> Engine:
-    """Build the engine named by `config.engine.kind` (imports lazily: heavy deps stay unloaded)."""
-    kind = config.engine.kind
-    if kind == "replay":
-        from submission.engines.replay import ReplayEngine
-
-        return ReplayEngine.from_config(config)
-    if kind == "sim":
-        from submission.engines.sim import SimEngine
-
-        return SimEngine.from_config(config)
-    if kind == "trtllm":
-        from submission.engines.trtllm import TrtllmEngine
-
-        return TrtllmEngine.from_config(config)
-    if kind == "hf":
-        from submission.engines.hf import HfEngine
-
-        return HfEngine.from_config(config)
-    if kind == "openai":
-        from submission.engines.openai import OpenaiEngine
-
-        return OpenaiEngine.from_config(config)
-    raise EngineError(f"unknown engine kind {kind!r}")

@@ -23,9 +23,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from submission.engines.base import Chunk, EngineError, SamplingParams
-from submission.simulate import (
-    DEFAULT_ATTEMPTS,
+from submission.attempt_log import (
     AttemptLogError,
     LoggedAttempt,
     LoggedProblem,
@@ -33,6 +31,7 @@ from submission.simulate import (
     load_attempt_log,
     problems_from_log,
 )
+from submission.engines.base import Chunk, EngineError, SamplingParams
 
 MARKER = "sim-problem:"
 
@@ -67,7 +66,9 @@ class SimEngine:
     @classmethod
     def from_config(cls, config: Any) -> SimEngine:
         sim = config.engine.sim
-        path = Path(sim.attempts_csv) if sim.attempts_csv else DEFAULT_ATTEMPTS
+        if not sim.attempts_csv:
+            raise EngineError("sim engine: set engine.sim.attempts_csv (no attempt log is shipped)")
+        path = Path(sim.attempts_csv)
         try:
             frame = load_attempt_log(path)
         except AttemptLogError as exc:

@@ -1,7 +1,6 @@
-"""`python -m submission simulate`: replay an attempt log as whole competition runs.
+"""A discrete-event simulation of the Solver's time behaviour over an attempt log.
 
-A discrete-event simulation of the Solver's time behaviour, driving the very
-`Policy` objects the Solver uses. Per problem, K attempts drawn from the log
+It drives the very `Policy` objects the Solver uses. Per problem, K attempts drawn from the log
 start together and share the engine: with n streams active each decodes at
 R1 / (1 + a*(n-1)) tokens/s, so cancelling some speeds up the rest. An attempt
 finishes once it has decoded its recorded token count; attempts cut off in the
@@ -16,22 +15,17 @@ scaled by f, and it is what a slower engine or a longer-thinking model does.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
-import json
 import logging
 import math
 import random
 import statistics
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import polars as pl
-
-from submission.config import Config, ConfigError, add_config_arguments, config_from_args
+from submission.attempt_log import LoggedAttempt, LoggedProblem
+from submission.config import Config
 from submission.policy import (
     FinishedAttempt,
     Policy,
@@ -43,88 +37,8 @@ from submission.records import ProblemSummary
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ATTEMPTS = Path(__file__).resolve().parents[2] / "shared/data/attempts/hard50_dev_half.csv"
-REQUIRED_COLUMNS = ("problem_id", "answer", "is_none", "tokens", "time_s")
 # AIMO-3: 17,400 s for 50 problems, scaled to the log's problem count.
 BUDGET_PER_PROBLEM_S = 17_400.0 / 50
-DEFAULT_FRACTIONS = (1.0, 0.5, 0.25, 0.125)
-
-
-class AttemptLogError(ValueError):
-    """An attempt log that cannot be simulated."""
-
-
-@dataclass(frozen=True)
-class LoggedAttempt:
-    answer: int | None
-    tokens: int
-    finishes: bool  # False: cut off in the recording, so it never finishes here
-    code_calls: int = 0
-    errors: int = 0
-    entropy: float | None = None
-
-
-@dataclass(frozen=True)
-class LoggedProblem:
-    problem_id: str
-    correct_answer: int | None  # None: no attempt in the log was right
-    attempts: tuple[LoggedAttempt, ...]
-
-
-def load_attempt_log(path: str | Path) -> pl.DataFrame:
-    """Read an attempt log (CSV or parquet) and check the columns the simulator needs."""
-    path = Path(path)
-    if not path.is_file():
-        raise AttemptLogError(f"attempt log not found: {path}")
-    frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
-    if missing:
-        raise AttemptLogError(f"{path}: missing columns {missing} (need {list(REQUIRED_COLUMNS)})")
-    if frame.height == 0:
-        raise AttemptLogError(f"{path}: no attempts")
-    return frame
-
-
-def problems_from_log(frame: pl.DataFrame) -> list[LoggedProblem]:
-    """One LoggedProblem per problem_id, in the log's order of first appearance."""
-    has = set(frame.columns)
-    problems = []
-    for (pid,), rows in frame.group_by("problem_id", maintain_order=True):
-        correct = None
-        if "is_correct" in has:
-            right = rows.filter(pl.col("is_correct").cast(pl.Boolean).fill_null(False))
-            if right.height:
-                correct = int(right["answer"][0])
-        attempts = tuple(
-            LoggedAttempt(
-                answer=None if row["answer"] is None or row["is_none"] else int(row["answer"]),
-                tokens=max(1, int(row["tokens"])),
-                finishes=not bool(row["is_none"]),
-                code_calls=int(row.get("code_calls") or 0),
-                errors=int(row.get("errors") or 0),
-                entropy=row.get("entropy"),
-            )
-            for row in rows.iter_rows(named=True)
-        )
-        problems.append(LoggedProblem(str(pid), correct, attempts))
-    return problems
-
-
-def calibrate_single_stream_rate(frame: pl.DataFrame, concurrency: int, contention: float) -> float:
-    """R1: the median attempt's tokens per second, with the recorded concurrency's slow-down undone.
-
-    The median, not the log's total tokens over its total seconds: an attempt's
-    seconds also hold its code runs (about 2 s per call on hard50, fitted), which
-    this decode-only model has no place for, so the long, code-heavy attempts
-    would pull the rate of every stream down. With the median the simulator
-    reproduces the anchors' scores of issue 4's independent evaluation
-    (docs/policy.md).
-    """
-    timed = frame.filter(pl.col("time_s") > 0)
-    if timed.height == 0:
-        raise AttemptLogError("no attempt with time_s > 0 to calibrate the engine's speed from")
-    per_stream = float((timed["tokens"] / timed["time_s"]).median())
-    return per_stream * (1.0 + contention * (concurrency - 1))
 
 
 def _tokens_to_finish(attempt: LoggedAttempt) -> float:
@@ -420,156 +334,3 @@ def all_policies(config: Config) -> list[Policy]:
     from submission.policy.defaults import default_policy
 
     return [default_policy(config), *anchor_policies()]
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_config_arguments(parser)
-    parser.add_argument(
-        "--attempts",
-        default=None,
-        help=f"attempt log, CSV or parquet (default: {DEFAULT_ATTEMPTS} when present)",
-    )
-    parser.add_argument("--seeds", type=int, default=200, help="runs per policy and fraction")
-    parser.add_argument(
-        "--fractions", type=float, nargs="+", default=list(DEFAULT_FRACTIONS), metavar="F"
-    )
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        default=None,
-        help="streams at once when the log was recorded, to calibrate R1 "
-        "(default: engine.sim.concurrency, 24 as in the hard50 log)",
-    )
-    parser.add_argument("--tick", type=float, default=1.0, help="policy consult interval (s)")
-    parser.add_argument(
-        "--plot", default=None, help="PNG plot path (default: OUT_DIR/simulate.png; '' = none)"
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
-    parser.add_argument(
-        "--cross-validate",
-        action="store_true",
-        help="leave-problems-out estimate of the default policy tuned over CV_GRID (5 folds)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    if args.seeds < 1 or args.tick <= 0 or min(args.fractions) <= 0:
-        log.error("--seeds, --tick and every --fractions value must be positive")
-        return 2
-    path = Path(args.attempts) if args.attempts else DEFAULT_ATTEMPTS
-    if args.attempts is None and not path.is_file():
-        log.error(
-            "no --attempts given and the default log %s is absent "
-            "(it is not shipped in the repo: no licence stated)",
-            path,
-        )
-        return 2
-    try:
-        frame = load_attempt_log(path)
-    except AttemptLogError as exc:
-        log.error("%s", exc)
-        return 2
-    problems = problems_from_log(frame)
-    try:
-        config = simulation_config(config_from_args(args), len(problems))
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return 2
-    contention = config.engine.sim.contention
-    concurrency = config.engine.sim.concurrency if args.concurrency is None else args.concurrency
-    if concurrency < 1:
-        log.error("the recorded concurrency must be at least 1, not %d", concurrency)
-        return 2
-    try:
-        rate = config.engine.sim.tokens_per_s or calibrate_single_stream_rate(
-            frame, concurrency, contention
-        )
-    except AttemptLogError as exc:
-        log.error("%s: %s", path, exc)
-        return 2
-    log.info("%d problems, R1 = %.1f tokens/s, a = %.3f", len(problems), rate, contention)
-    if args.cross_validate:
-        cv = cross_validate(
-            config, problems, args.fractions, args.seeds, rate, contention, args.tick
-        )
-        if args.json:
-            sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in cv], indent=1) + "\n")
-        else:
-            print_cross_validation(cv, len(problems))
-        return 0
-    rows = sweep(
-        all_policies(config), problems, args.fractions, args.seeds, rate, contention, args.tick
-    )
-    if args.json:
-        sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
-    else:
-        print_table(rows, len(problems))
-    plot_path = Path(config.output.out_dir) / "simulate.png" if args.plot is None else args.plot
-    if plot_path:
-        plot(rows, len(problems), Path(plot_path))
-        log.info("plot written to %s", plot_path)
-    return 0
-
-
-def print_cross_validation(rows: Sequence[CrossValidation], problems: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"leave-problems-out estimate: held-out score out of {problems}")
-    for column in ("fraction", "score", "sd"):
-        table.add_column(column, justify="right")
-    for r in rows:
-        table.add_row(f"{r.fraction:g}", f"{r.score_mean:.2f}", f"{r.score_sd:.2f}")
-    console = Console()
-    console.print(table)
-    console.print("chosen per fold: " + "; ".join(rows[0].chosen if rows else ()))
-
-
-def print_table(rows: Sequence[SweepRow], problems: int) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"simulated runs: score out of {problems}")
-    for column in ("fraction", "policy", "score", "sd", "min-max", "time used", "overruns"):
-        table.add_column(column, justify="left" if column == "policy" else "right")
-    for r in rows:
-        table.add_row(
-            f"{r.fraction:g}",
-            r.policy,
-            f"{r.score_mean:.2f}",
-            f"{r.score_sd:.2f}",
-            f"{r.score_min}-{r.score_max}",
-            f"{r.seconds_mean:.0f}/{r.budget_s:.0f} s",
-            f"{r.overruns}/{r.runs}",
-        )
-    Console().print(table)
-
-
-def plot(rows: Sequence[SweepRow], problems: int, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(r.policy for r in rows):
-        mine = sorted((r for r in rows if r.policy == name), key=lambda r: r.fraction)
-        ax.errorbar(
-            [r.fraction for r in mine],
-            [r.score_mean for r in mine],
-            yerr=[r.score_sd for r in mine],
-            marker="o",
-            capsize=3,
-            label=name,
-        )
-    ax.set_xscale("log", base=2)
-    fractions = sorted({r.fraction for r in rows})
-    ax.set_xticks(fractions, [f"{f:g}" for f in fractions])
-    ax.set_xlabel("budget fraction (engine speed x budget)")
-    ax.set_ylabel(f"score out of {problems} (mean ± sd)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -7,8 +7,8 @@ import importlib
 
 # benchmark -> module exposing add_arguments(parser) and run(args) -> int
 BENCHMARKS: dict[str, str] = {
-    "sandbox": "submission.sandbox.bench",
-    "harness": "submission.engines.bench_harness",
+    "sandbox": "submission.bench.sandbox",
+    "harness": "submission.bench.harness",
 }
 
 

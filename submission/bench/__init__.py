@@ -1,0 +1,1 @@
+"""Benchmarks run by `python -m submission bench NAME`: each measures us beside its anchors."""
