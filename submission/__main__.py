@@ -3,7 +3,8 @@
 Each command lives in its own module, `submission/commands/<command>.py` (dashes
 become underscores), imported only when that command runs
 (heavy dependencies stay unloaded). A command module exposes
-`add_arguments(parser)` and `run(args) -> int` (the exit code).
+`add_arguments(parser)` and `run(args) -> int` (the exit code), or `main(argv) -> int`
+when another parser owns its flags (`build` hands them to the pipeline's).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     module_name, help_text = COMMANDS[args.command]
     module = importlib.import_module(module_name)
+    if hasattr(module, "main"):
+        return int(module.main(rest) or 0)
     command_parser = argparse.ArgumentParser(
         prog=f"python -m submission {args.command}", description=help_text
     )

@@ -28,7 +28,7 @@ from submission.config import Config, add_config_arguments, config_from_args
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = REPO_ROOT / "kaggle_metadata.json"
 CODE_FILE = "submission/kernel.py"
 KERNEL_METADATA_FILE = "kernel-metadata.json"  # the name `kaggle kernels push -p DIR` reads
