@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 PACKAGE_DATA = Path(__file__).parent / "data"
+# The engine's slow-down per extra concurrent stream, a: with n streams each decodes at
+# R1 / (1 + a*(n-1)) tokens/s (fitted on an H100). The early-stop projection and the
+# sim engine both default to it.
+ENGINE_CONTENTION = 0.087
 
 
 @dataclass
@@ -149,8 +153,8 @@ class EarlyStopConfig:
     narrow_tokens: int = 40_000
     # ... but keep at least this many running.
     min_running: int = 3
-    # The engine's slow-down per extra stream, for that projection (H100 measurement).
-    contention: float = 0.087
+    # The engine's slow-down per extra stream, for that projection.
+    contention: float = ENGINE_CONTENTION
     # Each vote weighs (1 + code errors) ** -error_power; 0 = plain majority.
     error_power: float = 0.5
 
@@ -205,7 +209,7 @@ class SimEngineConfig:
     # attempt's tokens/s, the recorded concurrency's slow-down undone).
     tokens_per_s: float = 0.0
     # Slow-down per extra concurrent stream: rate = R1 / (1 + a*(n-1)).
-    contention: float = 0.087
+    contention: float = ENGINE_CONTENTION
     # Streams at once when the log was recorded (calibrates R1; the hard50 log: 24).
     concurrency: int = 24
     # Multiplies the rate: 1/3 = an engine 3x slower than the log's.

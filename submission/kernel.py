@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from submission.config import Config, ProfileConfig
 
+# Named, not __name__: Kaggle runs this file as __main__.
 log = logging.getLogger("submission.kernel")
 
 KAGGLE_INPUT = Path("/kaggle/input")

@@ -83,16 +83,7 @@ class Solver:
         ]
         tasks: dict[asyncio.Task[None], AttemptRecord] = {}
         for record in records:
-            params = SamplingParams(
-                max_tokens=gen.max_tokens,
-                temperature=gen.temperature,
-                top_p=gen.top_p,
-                top_k=gen.top_k,
-                min_p=gen.min_p,
-                repetition_penalty=gen.repetition_penalty,
-                seed=record.seed,
-                stop=gen.stop,
-            )
+            params = SamplingParams.from_generation(gen, record.seed)
             session = f"{problem_id}-a{record.attempt_num}"
             task = asyncio.create_task(self.tir.run_attempt(record, prompt, params, session))
             tasks[task] = record

@@ -130,7 +130,13 @@ def test_default_beats_the_anchors_on_the_real_log(main_log: Path) -> None:
     rate = calibrate_single_stream_rate(frame, 24, config.engine.sim.contention)
     policies = [default_policy(config), *anchor_policies()]
     rows = sweep(
-        policies, problems, [0.25], seeds=6, single_stream_rate=rate, contention=0.087, tick_s=5.0
+        policies,
+        problems,
+        [0.25],
+        seeds=6,
+        single_stream_rate=rate,
+        contention=config.engine.sim.contention,
+        tick_s=5.0,
     )
     ours, *anchors = rows
     assert ours.overruns == 0

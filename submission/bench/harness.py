@@ -231,9 +231,7 @@ def _through_tir(
                 tir.run_attempt(
                     record,
                     prompt,
-                    SamplingParams(
-                        max_tokens=generation.max_tokens, seed=record.seed, stop=generation.stop
-                    ),
+                    SamplingParams.from_generation(generation, record.seed),
                     session=str(record.attempt_num),
                 )
                 for record in records

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from submission.config import GenerationConfig
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
 
@@ -37,6 +40,20 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+    @classmethod
+    def from_generation(cls, generation: GenerationConfig, seed: int | None) -> SamplingParams:
+        """The request an attempt sends: the config's generation section, with its own seed."""
+        return cls(
+            max_tokens=generation.max_tokens,
+            temperature=generation.temperature,
+            top_p=generation.top_p,
+            top_k=generation.top_k,
+            min_p=generation.min_p,
+            repetition_penalty=generation.repetition_penalty,
+            seed=seed,
+            stop=generation.stop,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,4 +93,3 @@ class Engine(Protocol):
 
 class EngineError(RuntimeError):
     """An engine that cannot start (bad engine dir, version mismatch, ...): raised at start."""
-

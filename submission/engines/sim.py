@@ -44,7 +44,7 @@ class SimEngine:
         self,
         problems: Sequence[LoggedProblem],
         single_stream_rate: float,
-        contention: float = 0.087,
+        contention: float,
         chunk_s: float = 1.0,
         start_delay_s: float = 0.0,
         error_rate: float = 0.0,

@@ -41,7 +41,8 @@ from submission.sandbox import protocol, repl
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-LOG = logging.getLogger("submission.sandbox.forkserver")
+# Named, not __name__: this module also runs as the fork server's __main__.
+log = logging.getLogger("submission.sandbox.forkserver")
 _REAP_INTERVAL_S = 0.005
 
 
@@ -54,11 +55,11 @@ def main() -> None:
     display = repl.display_formatter()
     user = settings.get("user")  # [uid, gid] to drop to, or None
     if user is not None and not _can_drop(user):
-        LOG.warning("cannot switch to uid %s here; sessions run as this user", user[0])
+        log.warning("cannot switch to uid %s here; sessions run as this user", user[0])
         user = None
     first_uid = int(settings.get("first_session_uid") or 0)
     if user is not None and first_uid and not _can_drop([first_uid, user[1]]):
-        LOG.warning("cannot switch to uid %d here; sessions share uid %d", first_uid, user[0])
+        log.warning("cannot switch to uid %d here; sessions share uid %d", first_uid, user[0])
         first_uid = 0
     uids = SessionUids(first_uid) if user is not None and first_uid else None
     path_fds = _reachable_import_paths() if user is not None else {}
@@ -164,7 +165,7 @@ def _preload(modules: list[str]) -> list[str]:
         try:
             importlib.import_module(name)
         except Exception as exc:  # any import failure only costs warmth
-            LOG.warning("cannot preload %s: %s", name, exc)
+            log.warning("cannot preload %s: %s", name, exc)
             failed.append(name)
     return failed
 

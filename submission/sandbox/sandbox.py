@@ -39,7 +39,7 @@ from submission.sandbox.result import BoundedCapture, ExecResult, Status
 if TYPE_CHECKING:
     from submission.config import Config
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 _READ_CHUNK = 1 << 16
 _SERVER_TIMEOUT_S = 120.0
 _MB = 1024 * 1024
@@ -149,7 +149,7 @@ class Sandbox:
         try:
             sess = self._session(session)
         except SandboxError as exc:
-            LOG.error("sandbox cannot start session %r: %s", session, exc)
+            log.error("sandbox cannot start session %r: %s", session, exc)
             return ExecResult("", f"SandboxError: {exc}\n", "crashed", time.monotonic() - start)
         with sess.lock:
             deadline = time.monotonic() + timeout
@@ -268,7 +268,7 @@ class Sandbox:
                     return
         except SandboxError as exc:
             if not self._closed:  # a refill racing close() fails by design: no news
-                LOG.warning("sandbox could not prepare a spare session: %s", exc)
+                log.warning("sandbox could not prepare a spare session: %s", exc)
         finally:
             with self._sessions_lock:
                 self._refilling = False
@@ -407,7 +407,7 @@ class Sandbox:
                 except (OSError, protocol.ProtocolError) as exc:
                     if attempt == 2 or self._closed:
                         raise SandboxError(f"fork server failed: {exc}") from exc
-                    LOG.warning("sandbox fork server failed (%s); starting a new one", exc)
+                    log.warning("sandbox fork server failed (%s); starting a new one", exc)
                     self._stop_server()
                     self._start_server()
             raise AssertionError("unreachable")
@@ -418,13 +418,13 @@ class Sandbox:
         if not self._server_ready:
             hello, _ = protocol.recv(self._server_channel)
             if hello.get("failed_preloads"):
-                LOG.warning("sandbox could not preload %s", hello["failed_preloads"])
+                log.warning("sandbox could not preload %s", hello["failed_preloads"])
             if self._user is not None and hello.get("user") is None:
-                LOG.warning("sandbox sessions run as root: this machine refuses setuid")
+                log.warning("sandbox sessions run as root: this machine refuses setuid")
             elif (
                 self._user is not None and self._first_session_uid and not hello.get("session_uids")
             ):
-                LOG.warning(
+                log.warning(
                     "sandbox sessions share one uid: this machine refuses uid %d",
                     self._first_session_uid,
                 )
@@ -470,7 +470,7 @@ def _unprivileged_ids(user: str | None) -> tuple[int, int] | None:
         entry = pwd.getpwnam(user)
     except KeyError:
         # A user needs no passwd entry to exist: fall back to nobody's usual ids.
-        LOG.warning("sandbox user %r does not exist; using uid/gid %d", user, _NOBODY_ID)
+        log.warning("sandbox user %r does not exist; using uid/gid %d", user, _NOBODY_ID)
         return _NOBODY_ID, _NOBODY_ID
     return entry.pw_uid, entry.pw_gid
 
