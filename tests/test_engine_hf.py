@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from submission.config import load_config
-from submission.engines.base import Chunk, SamplingParams
+from submission.engines.base import SamplingParams
 from tests.fakes.qwen_tiny import build_random_qwen2, cached
+from tests.helpers import collect, text_of
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -42,18 +43,6 @@ async def engine(model_dir: Path):
     engine = await started(model_dir)
     yield engine
     await engine.close()
-
-
-async def collect(engine: HfEngine, prompt: str, params: SamplingParams) -> list[Chunk]:
-    chunks = []
-    async for chunk in engine.stream(prompt, params):
-        chunks.append(chunk)
-        assert len(chunks) <= params.max_tokens + 1
-    return chunks
-
-
-def text_of(chunks: list[Chunk]) -> str:
-    return "".join(c.text for c in chunks)
 
 
 async def test_batched_streams_match_each_stream_alone(engine):

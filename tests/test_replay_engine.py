@@ -7,9 +7,10 @@ import json
 import pytest
 
 from submission.config import load_config
-from submission.engines.base import Chunk, SamplingParams
+from submission.engines.base import SamplingParams
 from submission.engines.replay import EMBEDDED_TRANSCRIPTS, ReplayEngine, split_rounds
 from submission.prompt import CODE_TAGS, PromptTemplate
+from tests.helpers import collect
 
 TORA = CODE_TAGS["tora"]
 
@@ -26,10 +27,6 @@ def engine() -> ReplayEngine:
 @pytest.fixture
 def template() -> PromptTemplate:
     return PromptTemplate.from_config(load_config().prompt)
-
-
-async def collect(engine: ReplayEngine, prompt: str, params: SamplingParams) -> list[Chunk]:
-    return [chunk async for chunk in engine.stream(prompt, params)]
 
 
 def test_split_rounds_reassembles_the_recording() -> None:

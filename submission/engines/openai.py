@@ -43,7 +43,8 @@ class OpenaiEngine:
     name = "openai"
     greedy = False
 
-    def __init__(self, config: OpenaiEngineConfig) -> None:
+    def __init__(self, config: OpenaiEngineConfig, transport: Any = None) -> None:
+        """`transport`: an `httpx.AsyncBaseTransport` to use instead of the network (tests)."""
         if not config.base_urls:
             raise EngineError("openai: set engine.openai.base_urls")
         self.config = config
@@ -52,6 +53,7 @@ class OpenaiEngine:
         self.in_flight = dict.fromkeys(self.base_urls, 0)
         self.requests_sent = dict.fromkeys(self.base_urls, 0)
         self._client: Any = None
+        self._transport = transport
 
     @classmethod
     def from_config(cls, config: Config) -> OpenaiEngine:
@@ -68,6 +70,7 @@ class OpenaiEngine:
             ),
             headers={"Authorization": f"Bearer {self.config.api_key}"},
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+            transport=self._transport,
         )
         if not self.model:
             self.model = await self._first_model()
