@@ -1,7 +1,7 @@
 """What a run records: one row per attempt, one summary per problem.
 
-The attempt-log columns are a superset of the public AIMO-3 logs in
-`shared/data/attempts/*.csv` (DESIGN.md).
+The attempt-log columns are a superset of the public AIMO-3 attempt logs'
+(docs/facts.md).
 """
 
 from __future__ import annotations

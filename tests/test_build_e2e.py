@@ -79,16 +79,15 @@ elif tool == "trtllm-build":
     (Path(args.output_dir) / "rank0.engine").write_bytes(b"engine" * 1000)
 """
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-TRANSCRIPTS = DATA / "transcripts" / "toracode34b_gsm8k.jsonl"
 H100 = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", True, 500.0)
 
 
 @pytest.fixture
-def build_box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pipeline.PipelineConfig:
-    if not TRANSCRIPTS.exists():
-        pytest.skip(f"../shared/data absent: {TRANSCRIPTS} not found")
-    rows = [json.loads(line) for line in TRANSCRIPTS.read_text().splitlines()[:8]]
+def build_box(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data: Path
+) -> pipeline.PipelineConfig:
+    transcripts = shared_data / "transcripts" / "toracode34b_gsm8k.jsonl"
+    rows = [json.loads(line) for line in transcripts.read_text().splitlines()[:8]]
     tir = tmp_path / "tir.parquet"
     pl.DataFrame(
         {
