@@ -1,7 +1,10 @@
 """From a generation's text to one integer answer (or None), and the profile's range rule.
 
-The answer is the last `\\boxed{...}` (or `\\fbox{...}`) with matched braces; failing
-that, a closing "the answer is N". Its content is normalised the way math models
+As NeMo-Skills evaluates this model (`++parse_reasoning=True`: the text after the last
+`</think>` when there is one, else all of it), the answer is the last `\\boxed{...}`
+(or `\\fbox{...}`) with matched braces in that text; failing that, and only for a
+generation that finished (not cut by the token limit or the deadline), a closing
+"the answer is N". Its content is normalised the way math models
 write integers: thousands separators, units in `\\text{}`, degrees, percent signs,
 `18.0`, `\\frac{8}{2}`, unicode minus. Anything that is not an integer is None.
 """
@@ -22,7 +25,11 @@ _SLASH_FRACTION = re.compile(r"^(-?\d+)/(-?\d+)$")
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$")
 _NUMBER_WITH_UNIT = re.compile(r"^([+-]?\d+(?:\.\d*)?)[A-Za-z]+$")
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-_ANSWER_IS = re.compile(r"answer\s+is\s*:?\s*\$*\s*(-?[\d,]+(?:\.\d+)?)", re.IGNORECASE)
+# A number after "answer is": thousands groups only where they are groups ("17, i.e." is 17).
+_ANSWER_IS = re.compile(
+    r"answer\s+is\s*:?\s*\$*\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)", re.IGNORECASE
+)
+REASONING_END = "</think>"
 # Decorations that never change an integer's value.
 _DROP = (
     "\\left",
@@ -101,11 +108,21 @@ def normalize_integer(content: str) -> int | None:
     return int(value) if value.denominator == 1 else None
 
 
-def extract_answer(text: str) -> int | None:
-    """The integer answer of a generation: last box, else a final "the answer is N"."""
+def answer_text(text: str) -> str:
+    """The part of a generation the answer is read from: after the last `</think>`, if any."""
+    _, sep, after = text.rpartition(REASONING_END)
+    return after.strip() if sep else text
+
+
+def extract_answer(text: str, finished: bool = True) -> int | None:
+    """The integer answer of a generation: last box after the reasoning, else (finished
+    generations only) a final "the answer is N"."""
+    text = answer_text(text)
     boxed = last_boxed(text)
     if boxed is not None:
         return normalize_integer(boxed)
+    if not finished:
+        return None
     tail = text[-300:]
     matches = _ANSWER_IS.findall(tail)
     return normalize_integer(matches[-1]) if matches else None

@@ -101,10 +101,13 @@ class TirConfig:
 
     max_code_calls: int = 8  # NeMo-Skills default; the AIMO-2 winner used 6
     code_timeout_s: float = 10.0  # NeMo-Skills default; the AIMO-2 winner used 2
+    # Characters of each output stream the model is shown (the traceback counts with
+    # stdout for openmath), cut with the marker after them; see submission/tool_output.py.
     max_output_chars: int = 1000  # NeMo-Skills default; the AIMO-2 winner fed back 200
     truncation_marker: str = "<output cut>"
-    # Stop an attempt as soon as its \boxed{} answer is complete.
-    stop_at_boxed: bool = True
+    # Opt-in early cut: end an attempt at a complete \boxed{} outside code and after the
+    # reasoning (</think>). Off = the recipe's semantics: generate to the end, last box wins.
+    stop_at_boxed: bool = False
 
 
 @dataclass

@@ -1,25 +1,31 @@
-"""Prompt rendering and code tags, as data (NeMo-Skills `generic/math` + `qwen-instruct`)."""
+"""Prompt rendering and each model family's tags, as data (NeMo-Skills `generic/math` +
+`qwen-instruct`; the openmath tags from its prompt/code_tags/openmath.yaml)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from submission.config import PromptConfig
+from submission.tool_output import OUTPUT_FORMATS, OutputFormat
 
 
 @dataclass(frozen=True)
 class CodeTags:
-    """How a model marks code and how the harness feeds code output back.
+    """How a model family marks code and reasoning, and how it is shown code output.
 
     The engine stops at `stop`; the harness then appends `output_block` with the
-    sandbox output substituted (the block starts with the stop string, which the
-    engine left out of its text).
+    text `output` renders from the sandbox result (the block starts with the stop
+    string, which the engine left out of its text).
     """
 
     code_begin: str
     code_end: str
     stop: str
     output_block: str  # contains "{output}"
+    output: OutputFormat
+    # Ends the model's reasoning ("" = the family has no reasoning section); an
+    # early cut at a box (tir.stop_at_boxed) only fires on a box after it.
+    reasoning_end: str
 
     def format_output(self, output: str) -> str:
         return self.output_block.replace("{output}", output)
@@ -32,6 +38,8 @@ CODE_TAGS: dict[str, CodeTags] = {
         code_end="</tool_call>",
         stop="</tool_call>",
         output_block="</tool_call>\n```output\n{output}```\n",
+        output=OUTPUT_FORMATS["openmath"],
+        reasoning_end="</think>",
     ),
     # ToRA: the model closes its ```python block and opens ```output itself; we stop there.
     "tora": CodeTags(
@@ -39,6 +47,8 @@ CODE_TAGS: dict[str, CodeTags] = {
         code_end="```",
         stop="```output",
         output_block="```output\n{output}```\n",
+        output=OUTPUT_FORMATS["tora"],
+        reasoning_end="",
     ),
 }
 

@@ -1,9 +1,12 @@
 """One attempt: generate -> stop at code end -> run the code -> feed its output back -> ...
 
-The loop ends at the end of the model's text, a complete \\boxed{} answer, max
-tokens, the code-call limit, an engine error, or cancellation by the solver
-(early stop or deadline). Whatever happens, the attempt's record is final when
-`run_attempt` returns or is cancelled.
+As in NeMo-Skills' code execution (the recipe's), the attempt generates to the end:
+the end of the model's text, max tokens, the code-call limit (the round past it is
+not run; the generation ends there), a code end with no code block open (NeMo-Skills
+ends the generation there too), an engine error, or cancellation by the solver
+(early stop or deadline). `tir.stop_at_boxed` (off by default) also ends it at a
+complete \\boxed{} answer outside code and after the reasoning. Whatever happens,
+the attempt's record is final when `run_attempt` returns or is cancelled.
 
 Per chunk the loop does constant work: it appends the chunk and looks for a
 box only in a short tail, so the cost never grows with the length of the text.
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # How much recent text the per-chunk box check looks at (a boxed integer is short).
 _BOX_TAIL_CHARS = 256
+# Ends after which the model had its say; only these let a closing "the answer is N" vote.
+_FINISHED = frozenset({"stop", "boxed"})
 
 
 class CodeRunner(Protocol):
@@ -39,7 +44,7 @@ class _ExecResultLike(Protocol):
     status: str
 
     @property
-    def output(self) -> str: ...
+    def output(self) -> str: ...  # stdout + stderr; stand-in runners may give only this
 
 
 @dataclass(frozen=True)
@@ -84,7 +89,8 @@ class TirLoop:
             if record.finish_reason is None:
                 record.finish_reason = "cancelled"
             record.text = "".join(parts)
-            record.answer = self.answer_range.apply(extract_answer(record.text))
+            finished = record.finish_reason in _FINISHED
+            record.answer = self.answer_range.apply(extract_answer(record.text, finished))
             record.time_s = loop.time() - started
 
     async def _generate_round(
@@ -102,36 +108,74 @@ class TirLoop:
                 if self.config.stop_at_boxed:
                     tail = (tail + chunk.text)[-_BOX_TAIL_CHARS:]
                     if ("\\boxed" in tail or "\\fbox" in tail) and last_boxed(tail):
-                        return None
+                        if self._is_final_box("".join(parts)):
+                            return None
+                        tail = ""  # this box does not count; look for the next one
             return Chunk("", 0, finish_reason="error", error="stream ended without a finish reason")
         finally:
             await stream.aclose()  # aborts the request in the engine when we leave early
 
     async def _run_code(
-        self, record: AttemptRecord, parts: list[str], round_start: int, final: Chunk, session: str
+        self,
+        record: AttemptRecord,
+        parts: list[str],
+        round_start: int,
+        final: Chunk,
+        session: str,
     ) -> None:
+        code = self._open_code_block("".join(parts[round_start:]))
+        if code is None:  # a code end with no code block open: the generation ends here
+            record.finish_reason = "stop"
+            return
         if record.code_calls >= self.config.max_code_calls:
             record.finish_reason = "max_code_calls"
             return
-        code = self._last_code_block("".join(parts[round_start:]))
         record.code_calls += 1
         result = await self.sandbox.arun(code, session=session, timeout=self.config.code_timeout_s)
         if result.status != "ok":
             record.errors += 1
-        output = result.output
-        parts.append(self.tags.format_output(output))
+        stdout = getattr(result, "stdout", None)
+        stderr = getattr(result, "stderr", "") if stdout is not None else ""
+        shown = self.tags.output.render(
+            result.output if stdout is None else stdout,
+            stderr,
+            result.status,
+            self.config.max_output_chars,
+            self.config.truncation_marker,
+        )
+        parts.append(self.tags.format_output(shown))
         recorded = final.meta.get("recorded_output")
         if recorded is not None:
-            self._note_divergence(record, output, str(recorded))
+            self._note_divergence(record, shown, str(recorded))
 
-    def _last_code_block(self, round_text: str) -> str:
-        """The code after the round's last code_begin (the engine left the stop string out)."""
-        begin = round_text.rfind(self.tags.code_begin)
+    def _is_final_box(self, text: str) -> bool:
+        """Whether the text's last box is an answer: outside code and after the reasoning."""
+        box = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+        reasoning_end = self.tags.reasoning_end
+        if reasoning_end and text.rfind(reasoning_end, 0, box) < 0:
+            return False
+        begin = text.rfind(self.tags.code_begin, 0, box)
         if begin < 0:
-            return ""
-        code = round_text[begin + len(self.tags.code_begin) :].rstrip()
-        if self.tags.code_end != self.tags.stop:
-            code = code.removesuffix(self.tags.code_end)
+            return True
+        return text.find(self.tags.code_end, begin + len(self.tags.code_begin), box) >= 0
+
+    def _open_code_block(self, text: str) -> str | None:
+        """The code of the code block still open at the end of `text`, or None.
+
+        `text` ends where the engine stopped (the stop string left out). Where the
+        stop string is the code end (openmath), a block is open when the last code
+        begin comes after the last code end, as NeMo-Skills checks; where the model
+        closes its block itself (ToRA), when there is a code begin at all.
+        """
+        begin = text.rfind(self.tags.code_begin)
+        if begin < 0:
+            return None
+        code = text[begin + len(self.tags.code_begin) :]
+        if self.tags.code_end == self.tags.stop:
+            if self.tags.code_end in code:
+                return None
+        else:
+            code = code.rstrip().removesuffix(self.tags.code_end)
         return code.strip("\n")
 
     @staticmethod

@@ -1,0 +1,117 @@
+"""What the model is shown of its code's run: one formatting rule set per model family, as data.
+
+A family's `OutputFormat` turns a sandbox result (stdout, stderr, status) into the
+text inside its output block; the block itself (```output ... ```) is the family's
+`CodeTags.output_block` (prompt.py). A new family is a new `OutputFormat` value,
+never a new branch in the code.
+
+The `openmath` rules reproduce NeMo-Skills' code execution byte for byte, as read
+in the fork the AIMO-2 recipe installs (alessiodevoto/NeMo-Skills, branch
+aimo-inference, commit 27d7b1c3): `nemo_skills/code_execution/sandbox.py`
+(`Sandbox.execute_code`: IPython capture, `.strip()`, the cut, `simplify_errors`,
+"Timed out"), `local_sandbox_server.py` (a dead or timed-out process answers
+"Timed out") and `code_execution/utils.py` (`format_code_output`, "qwen" style:
+stdout then stderr). docs/harness.md lists the rules and the few known gaps.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+# Statuses of a call whose session process did not finish the cell.
+_DEAD = frozenset({"timeout", "killed", "crashed"})
+# Where an IPython-Plain traceback starts in stderr (runtime error, SystemExit); a
+# syntax error's report has neither header, so then all of stderr is the report.
+_TRACEBACK_HEADERS = ("Traceback (most recent call last):", "An exception has occurred")
+# NeMo-Skills' simplify_errors: ANSI colour codes out ...
+_ANSI = re.compile(r"\x1B(?:[@-Z\\-_]|\[[0-?]*[ -/]*[@-~])")
+# ... and each frame's cell-location line. NeMo's bare InteractiveShell names the cell
+# `File <ipython-input-1-...>:N`; an IPython-Plain session names it `Cell In[1], line N`.
+_CELL_LOCATION = re.compile(r"^\s*(?:File <ipython-|Cell In\[\d+\], line \d+)")
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """How one model family saw code output in training."""
+
+    # Each stream `.strip()`ed, cut, and given one "\n" when not empty (NeMo-Skills).
+    strip: bool
+    # The traceback is cut together with stdout, as one stream: IPython prints tracebacks
+    # to stdout, so NeMo-Skills' stdout holds the prints and then the traceback.
+    traceback_with_stdout: bool
+    # ANSI codes and traceback cell-location lines removed (NeMo-Skills' simplify_errors).
+    simplify_errors: bool
+    # Removed wherever it appears (NeMo-Skills drops IPython's display prompt).
+    drop_text: str
+    # Shown instead of any output when the cell timed out or its process died;
+    # "" = the sandbox's own streams.
+    dead_text: str
+    # Run once in every new session before the model's code (warnings filter etc.).
+    session_prelude: str
+
+    def render(self, stdout: str, stderr: str, status: str, max_chars: int, marker: str) -> str:
+        """The text inside the output block for one call."""
+        if status in _DEAD and self.dead_text:
+            return self.dead_text
+        if self.traceback_with_stdout and status == "error":
+            user_stderr, traceback = _split_traceback(stderr)
+            stdout, stderr = stdout + traceback, user_stderr
+        return self._stream(stdout, max_chars, marker) + self._stream(stderr, max_chars, marker)
+
+    def _stream(self, text: str, max_chars: int, marker: str) -> str:
+        if self.drop_text:
+            text = text.replace(self.drop_text, "")
+        if self.strip:
+            text = text.strip()
+        if len(text) > max_chars:
+            text = text[:max_chars] + marker
+        if self.simplify_errors and text:
+            text = _simplify_errors(text)
+        if self.strip and text:
+            text += "\n"
+        return text
+
+
+def _split_traceback(stderr: str) -> tuple[str, str]:
+    """(what the code wrote to stderr, the traceback after it)."""
+    starts = [
+        at for header in _TRACEBACK_HEADERS if (at := _line_start_find(stderr, header)) is not None
+    ]
+    start = min(starts, default=0)
+    return stderr[:start], stderr[start:]
+
+
+def _line_start_find(text: str, header: str) -> int | None:
+    at = text.find(header)
+    while at > 0 and text[at - 1] != "\n":
+        at = text.find(header, at + 1)
+    return None if at < 0 else at
+
+
+def _simplify_errors(text: str) -> str:
+    text = _ANSI.sub("", text)
+    return "\n".join(line for line in text.split("\n") if not _CELL_LOCATION.match(line))
+
+
+OUTPUT_FORMATS: dict[str, OutputFormat] = {
+    # NeMo-Skills (fork above): the format OpenMath-Nemotron was trained and evaluated with.
+    "openmath": OutputFormat(
+        strip=True,
+        traceback_with_stdout=True,
+        simplify_errors=True,
+        drop_text="Out[1]: ",
+        dead_text="Timed out\n",
+        session_prelude="import warnings\nwarnings.filterwarnings('ignore')\n",
+    ),
+    # ToRA's executor: the output as printed; the timeout text is the one its recorded
+    # GSM8K transcripts show (submission/data).
+    "tora": OutputFormat(
+        strip=False,
+        traceback_with_stdout=False,
+        simplify_errors=False,
+        drop_text="",
+        dead_text="timeout_decorator.timeout_decorator.TimeoutError: 'Timed Out'\n",
+        session_prelude="",
+    ),
+}
