@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from submission.answer import AnswerRange, extract_answer, last_boxed, normalize_integer
+from submission.answer import (
+    AnswerRange,
+    answer_text,
+    extract_answer,
+    last_boxed,
+    normalize_integer,
+)
 from submission.config import PACKAGE_DATA
 
 # (text as models write it, expected integer or None). The first block is taken
@@ -66,6 +72,36 @@ CASES = [
 
 @pytest.mark.parametrize(("text", "expected"), CASES)
 def test_extract_answer(text: str, expected: int | None) -> None:
+    assert extract_answer(text) == expected
+
+
+def test_the_answer_is_read_after_the_reasoning() -> None:
+    # As `++parse_reasoning=True`: the text after the last </think>, stripped; else all of it.
+    thought = "Maybe \\boxed{12}? Wait, I miscounted.\n</think>\n\nThe total is \\boxed{13}.\n"
+    assert answer_text(thought) == "The total is \\boxed{13}."
+    assert extract_answer(thought) == 13
+    assert extract_answer("Maybe \\boxed{12}.\n</think>\n\nI could not decide.") is None
+    assert answer_text("no reasoning tags \\boxed{5}") == "no reasoning tags \\boxed{5}"
+
+
+def test_the_answer_phrase_counts_only_for_a_finished_generation() -> None:
+    cut = "...whether the answer is 12 or 13, because"
+    assert extract_answer(cut, finished=True) == 12
+    assert extract_answer(cut, finished=False) is None
+    # A box counts either way: it is complete.
+    assert extract_answer("so \\boxed{7} and then", finished=False) == 7
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("answer is 17, i.e. \\boxed{17", 17),
+        ("the answer is 1,250, i.e. done", 1250),
+        ("the answer is 12,34", 12),
+        ("The answer is: $-4$.", -4),
+    ],
+)
+def test_the_answer_phrase_reads_the_number_not_the_comma(text: str, expected: int) -> None:
     assert extract_answer(text) == expected
 
 

@@ -76,7 +76,9 @@ def test_marker_is_followed_by_a_newline_and_the_cut_counts_after_strip() -> Non
 
 
 def test_prints_and_traceback_are_cut_as_one_stream() -> None:
-    traceback = "Traceback (most recent call last):\n  Cell In[1], line 2\n    1 / 0\nZeroDivisionError\n"
+    traceback = (
+        "Traceback (most recent call last):\n  Cell In[1], line 2\n    1 / 0\nZeroDivisionError\n"
+    )
     block = shown("p" * 990 + "\n", traceback, "error")
     # 990 p's, the newline, then 9 characters of the traceback: 1000 in all.
     assert block == "```output\n" + "p" * 990 + "\nTraceback<output cut>\n```\n"
@@ -86,7 +88,8 @@ def test_what_the_code_wrote_to_stderr_stays_apart_from_the_traceback() -> None:
     stderr = "note\nTraceback (most recent call last):\n  Cell In[1], line 3\n    x\nNameError: x\n"
     block = shown("out\n", stderr, "error")
     # NeMo-Skills: stdout = prints + traceback, then stderr = what the code wrote there.
-    assert block == "```output\nout\nTraceback (most recent call last):\n    x\nNameError: x\nnote\n```\n"
+    traceback = "Traceback (most recent call last):\n    x\nNameError: x\n"
+    assert block == "```output\nout\n" + traceback + "note\n```\n"
 
 
 @pytest.mark.parametrize("status", ["timeout", "killed", "crashed"])
