@@ -38,14 +38,14 @@ def test_scripted_attempts_run_through_the_tir_loop_as_written():
     for record, script in zip(records, scripts, strict=True):
         assert (record.answer, record.code_calls, record.errors) == (18, 3, 0)
         written = sum(c.tokens for round_ in script for c in round_.chunks)
-        # The attempt ends as soon as the box closes: the end-of-text chunk is never read.
-        assert (record.finish_reason, record.tokens) == ("boxed", written - 1)
+        # The attempt generates to the end of its text (tir.stop_at_boxed is off).
+        assert (record.finish_reason, record.tokens) == ("stop", written)
         for round_ in script[:-1]:  # each recorded output was fed back after its code
             assert tags.format_output(round_.output) in record.text
     assert len(engine.call_seconds) == 6
     flat = bench_harness.without_calls(scripts[0])
     assert len(flat) == 1
-    assert sum(c.tokens for c in flat[0].chunks) == records[0].tokens + 1
+    assert sum(c.tokens for c in flat[0].chunks) == records[0].tokens
     assert "".join(c.text for c in flat[0].chunks).count(tags.code_begin) == 3
 
 

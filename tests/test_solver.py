@@ -44,7 +44,7 @@ async def test_attempts_run_the_code_and_feed_back_our_output(sandbox: Sandbox) 
     assert len(result.attempts) == 2
     for attempt in result.attempts:
         assert attempt.code_calls == 1 and attempt.errors == 0
-        assert attempt.finish_reason == "boxed"
+        assert attempt.finish_reason == "stop"  # generated to the end (tir.stop_at_boxed off)
         assert attempt.answer == 18
         assert "```output\n18\n```\n" in attempt.text  # our sandbox's output, fed back
         assert attempt.output_mismatches == 0
@@ -87,7 +87,7 @@ async def test_early_stop_cancels_the_stragglers(sandbox: Sandbox) -> None:
     assert result.answer == 18
     assert result.stop_reason == "2 agree"
     reasons = sorted(a.finish_reason or "" for a in result.attempts)
-    assert reasons.count("boxed") >= 2 and "cancelled" in reasons
+    assert reasons.count("stop") >= 2 and "cancelled" in reasons
 
 
 async def test_limits_end_attempts(sandbox: Sandbox) -> None:
