@@ -79,7 +79,11 @@ class TirLoop:
                 if final is None:  # a complete \boxed{} answer: done
                     record.finish_reason = "boxed"
                 elif final.finish_reason == "stop" and final.stop == self.tags.stop:
-                    await self._run_code(record, parts, round_start, final, session)
+                    if record.tokens >= params.max_tokens:
+                        # No tokens left to read the output: NeMo-Skills runs no code then.
+                        record.finish_reason = "length"
+                    else:
+                        await self._run_code(record, parts, round_start, final, session)
                 elif final.finish_reason == "error":
                     record.finish_reason = "error"
                     record.error_message = final.error
@@ -176,6 +180,8 @@ class TirLoop:
                 return None
         else:
             code = code.rstrip().removesuffix(self.tags.code_end)
+        # Leading blank lines go, as IPython drops them before it runs a cell (so line
+        # numbers in error messages are the ones NeMo-Skills' IPython reports).
         return code.strip("\n")
 
     @staticmethod

@@ -146,3 +146,22 @@ async def test_the_answer_phrase_votes_only_when_the_attempt_finished(
     text = closing.replace("$\\boxed{18}$", "18") + " Checking: the answer is 17, i.e. \\boxed{17"
     record, _ = await attempt(sandbox, [(text, end)])
     assert (record.finish_reason, record.answer) == (end, answer)
+
+
+async def test_no_code_runs_when_the_round_used_the_last_token(sandbox: Sandbox) -> None:
+    head, _ = real_generation()
+    engine = ScriptedEngine([(head, "code"), ("never served", "stop")])
+    loop = TirLoop(engine, sandbox, OPENMATH, TirConfig(), AnswerRange(0, 99_999))
+    record = AttemptRecord(problem_id="p", attempt_num=0)
+    budget = len(head.split(" "))  # the scripted engine counts a token per word
+    await loop.run_attempt(record, "PROMPT", SamplingParams(max_tokens=budget), "tir-b")
+    assert (record.tokens, record.code_calls, record.finish_reason) == (budget, 0, "length")
+
+
+async def test_blank_lines_after_the_code_tag_do_not_count_as_lines(sandbox: Sandbox) -> None:
+    _, closing = real_generation()
+    # The fork's IPython drops leading blank lines before it runs a cell: it reports
+    # "... after 'if' statement on line 1" for this block (run in /tmp, fork 27d7b1c3).
+    code_round = "Let me check.\n<tool_call>\n\nif True:\nprint(2)\n"
+    _, engine = await attempt(sandbox, [(code_round, "code"), (closing, "stop")])
+    assert "'if' statement on line 1\n```\n" in engine.prompts[1]
