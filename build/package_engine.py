@@ -86,6 +86,9 @@ def manifest_fields(engine_config: dict[str, Any]) -> dict[str, Any]:
         bool(pretrained.get("redrafter_greedy_search", True)) if has_drafter else False
     )
     fields["draft_len_per_beam"] = int(pretrained.get("redrafter_draft_len_per_beam", 0))
+    # trtllm-build already added max_draft_len to max_seq_len (tensorrt_llm/builder.py).
+    fields["max_draft_len"] = int(build.get("max_draft_len", 0) or 0)
+    fields["python_version"] = "{}.{}".format(*sys.version_info[:2])
     return fields
 
 

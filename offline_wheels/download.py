@@ -1,6 +1,6 @@
 """Build the offline wheelhouse: a Kaggle dataset folder the kernel installs with no index.
 
-    python offline_wheels/download.py --out DIR [--python-version 3.11] [--with-trtllm]
+    python offline_wheels/download.py --out DIR [--python-version 3.12] [--with-trtllm]
         [--dataset-id OWNER/SLUG] [--title TITLE]
 
 DIR gets:
@@ -27,6 +27,14 @@ from pathlib import Path
 LOG = logging.getLogger("offline_wheels.download")
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent
+if str(REPO_ROOT) not in sys.path:  # run by path from a checkout: find the harness package
+    sys.path.insert(0, str(REPO_ROOT))
+
+from submission.config import TrtllmEngineConfig  # noqa: E402
+from submission.engines.trtllm_folder import wheel_pythons  # noqa: E402
+
+# The one setting for the Kaggle image's Python (the preflight checks the same value).
+KAGGLE_PYTHON = TrtllmEngineConfig().python_version
 # The Kaggle image is Ubuntu 22.04 (glibc 2.35): every manylinux level up to it is listed
 # explicitly (older pips do not widen a given tag). `none-any` wheels always match.
 DEFAULT_PLATFORMS = (
@@ -98,6 +106,27 @@ def write_dataset_folder(out: Path, with_trtllm: bool, dataset_id: str, title: s
     (out / "dataset-metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
 
 
+def pinned_trtllm_version() -> str:
+    """The `tensorrt_llm==X` pin of requirements-trtllm.txt."""
+    for line in (HERE / "requirements-trtllm.txt").read_text(encoding="utf-8").splitlines():
+        name, _, version = line.partition("==")
+        if name.strip().replace("-", "_") == "tensorrt_llm":
+            return version.strip()
+    raise RuntimeError("requirements-trtllm.txt pins no tensorrt_llm==VERSION")
+
+
+def trtllm_python_problem(python_version: str) -> str | None:
+    """Why the pinned TensorRT-LLM has no wheel for `python_version`, or None."""
+    version = pinned_trtllm_version()
+    pythons = wheel_pythons(version)
+    if python_version in pythons:
+        return None
+    return (
+        f"TensorRT-LLM {version} publishes wheels for CPython {'/'.join(pythons)}, "
+        f"not {python_version}: pick a Kaggle image with one of those"
+    )
+
+
 def build_wheelhouse(
     out: Path,
     python_version: str,
@@ -131,7 +160,11 @@ def build_wheelhouse(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python offline_wheels/download.py", description=__doc__)
     parser.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    parser.add_argument("--python-version", default="3.11", help="the Kaggle image's Python")
+    parser.add_argument(
+        "--python-version",
+        default=KAGGLE_PYTHON,
+        help="the Kaggle image's Python (default: engine.trtllm.python_version)",
+    )
     parser.add_argument("--platform", action="append", default=None, help="wheel platform tag")
     parser.add_argument(
         "--with-trtllm", action="store_true", help="add TensorRT-LLM (NVIDIA index)"
@@ -140,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default="AIMO submission offline wheels")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.with_trtllm and (problem := trtllm_python_problem(args.python_version)):
+        LOG.error("%s", problem)
+        return 1
     try:
         build_wheelhouse(
             args.out,

@@ -244,6 +244,14 @@ class TrtllmEngineConfig:
     verify_hashes: bool = False
     # "auto" = the LLM API when importable, else ModelRunnerCpp; or force "llm" / "runner".
     api: Literal["auto", "llm", "runner"] = "auto"
+    # Keep the LLM API's executor in this process (TLLM_WORKER_USE_SINGLE_PROCESS=1): on one
+    # GPU it otherwise spawns an MPI worker process through mpi4py (docs/engines.md).
+    single_process: bool = True
+    # CPython (major.minor) of the Kaggle image: the offline wheelhouse is downloaded for it
+    # (offline_wheels/download.py) and the preflight refuses any other interpreter.
+    # TensorRT-LLM publishes wheels for 3.10 and 3.12 only; Kaggle's image is 3.12 since
+    # 2025-12-12 (docs/engines.md).
+    python_version: str = "3.12"
 
 
 @dataclass

@@ -38,6 +38,12 @@ class EngineManifest:
     quantization: str  # "fp8", "int8_wo" or "none"
     speculative_decoding_mode: str  # e.g. "explicit_draft_tokens", or "none"
     draft_len_per_beam: int  # 0 without a drafter
+    # trtllm-build adds this to the --max_seq_len it was given: `max_seq_len` above is the
+    # engine's (e.g. 32,003 for 32,000 and ReDrafter's 3), the room for tokens is the difference.
+    max_draft_len: int = 0
+    # CPython (major.minor) of the interpreter that built the engine; the Kaggle side must run
+    # engine.trtllm.python_version, which the doctor compares with this.
+    python_version: str = ""
     build_args: dict[str, object] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
 
@@ -46,13 +52,19 @@ class EngineManifest:
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "manifest") -> EngineManifest:
-        """Check every field's type; unknown keys are ignored (newer writers may add some)."""
+        """Check every field's type; unknown keys are ignored (newer writers may add some),
+        and a field with a default may be missing (older writers lack it)."""
         if not isinstance(data, dict):
             raise ManifestError(f"{where}: expected a JSON object, got {type(data).__name__}")
         hints = typing.get_type_hints(cls)
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             if f.name not in data:
+                if (
+                    f.default is not dataclasses.MISSING
+                    or f.default_factory is not dataclasses.MISSING
+                ):
+                    continue
                 raise ManifestError(f"{where}: missing field {f.name!r}")
             values[f.name] = _checked(data[f.name], hints[f.name], f"{where}: {f.name}")
         for path in values["files"]:

@@ -39,6 +39,9 @@ class AttemptRecord:
     output_mismatches: int = 0
     mismatch_kinds: list[str] = field(default_factory=list)
     error_message: str | None = None
+    # The sampling the engine applied, where the engine reports it (trtllm: a drafter
+    # ignores top_p/top_k/min_p/repetition_penalty); empty = as asked.
+    sampling: str = ""
     text: str = ""
 
     @property

@@ -35,6 +35,7 @@ ATTEMPT_SCHEMA: dict[str, Any] = {
     "output_mismatches": pl.Int64,
     "mismatch_kinds": pl.String,
     "error_message": pl.String,
+    "sampling": pl.String,
 }
 
 PROBLEM_SCHEMA: dict[str, Any] = {

@@ -54,8 +54,10 @@ class Solver:
         )
 
     def attempts_for_engine(self) -> int:
-        """K, or 1 when the engine decodes greedily (K identical attempts would be wasted)."""
-        if self.engine.greedy and not self.config.engine.trtllm.allow_greedy_drafter:
+        """K, or 1 when the engine decodes greedily (K identical attempts would be wasted).
+
+        `engine.greedy` already accounts for engine.trtllm.allow_greedy_drafter."""
+        if self.engine.greedy:
             return 1
         return self.policy.attempts
 

@@ -107,6 +107,8 @@ class TirLoop:
             async for chunk in stream:
                 parts.append(chunk.text)
                 record.tokens += chunk.tokens
+                if "sampling" in chunk.meta:
+                    record.sampling = str(chunk.meta["sampling"])
                 if chunk.finish_reason is not None:
                     return chunk
                 if self.config.stop_at_boxed:

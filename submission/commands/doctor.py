@@ -50,7 +50,7 @@ def run_checks(config: Config, sandbox: bool = True) -> list[Check]:
         checks.append(_package(engine_package, required=True))
     checks.append(_gpu(required=config.engine.kind == "trtllm"))
     if config.engine.kind == "trtllm":
-        checks.append(_engine_dir(config))
+        checks += [_engine_dir(config), _trtllm_python(config), _mpi()]
     checks.append(_embedded_data())
     if sandbox:
         checks.append(_sandbox(config))
@@ -125,6 +125,60 @@ def _engine_dir(config: Config) -> Check:
         f"TensorRT-LLM {manifest.tensorrt_llm_version}, {manifest.quantization}, "
         f"max_seq_len {manifest.max_seq_len}{greedy}",
     )
+
+
+def _trtllm_python(config: Config) -> Check:
+    """This interpreter against engine.trtllm.python_version and the TensorRT-LLM wheels."""
+    from submission.engines.trtllm_folder import wheel_python_problem
+
+    python = "{}.{}".format(*sys.version_info[:2])
+    version, source = _tensorrt_llm_version(Path(config.engine.trtllm.engine_dir))
+    wanted = config.engine.trtllm.python_version
+    problem = wheel_python_problem(python, wanted, version)
+    if problem is not None:
+        return Check("python for trtllm", "fail", f"{problem} ({source})")
+    return Check(
+        "python for trtllm", "ok", f"CPython {python}, TensorRT-LLM {version or '?'} ({source})"
+    )
+
+
+def _tensorrt_llm_version(engine_dir: Path) -> tuple[str, str]:
+    """The TensorRT-LLM version the engine needs (manifest, config.json), else the installed one."""
+    import json
+
+    from submission.manifest import ManifestError, read_manifest
+
+    try:
+        return read_manifest(engine_dir).tensorrt_llm_version, "manifest"
+    except ManifestError:
+        pass
+    try:
+        return str(json.loads((engine_dir / "config.json").read_text())["version"]), "config.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return importlib.metadata.version("tensorrt-llm"), "installed"
+    except importlib.metadata.PackageNotFoundError:
+        return "", "no engine folder, TensorRT-LLM not installed"
+
+
+def _mpi() -> Check:
+    """mpi4py and its MPI library: importing tensorrt_llm imports mpi4py (llmapi/mpi_session.py).
+
+    Checked in a child process: MPI must not be initialised in this one before the
+    sandbox forks.
+    """
+    probe = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        return Check("mpi4py", "fail", f"could not run the probe: {exc}")
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return Check("mpi4py", "fail", f"`from mpi4py import MPI` failed: {last}")
+    return Check("mpi4py", "ok", out.stdout.strip())
 
 
 def _embedded_data() -> Check:

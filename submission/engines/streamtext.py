@@ -23,6 +23,9 @@ class StopMatcher:
     stops: tuple[str, ...]
     _held: str = field(default="", init=False)
     _keep: int = field(default=0, init=False)
+    # After a match: the text that came after the stop string in the same piece (an engine
+    # that decodes several tokens per step can stream tokens past a stop).
+    past_stop: str = field(default="", init=False)
 
     def __post_init__(self) -> None:
         self.stops = tuple(s for s in self.stops if s)
@@ -38,6 +41,7 @@ class StopMatcher:
                 best_at, best_stop = at, stop
         if best_stop is not None:
             self._held = ""
+            self.past_stop = window[best_at + len(best_stop) :]
             return window[:best_at], best_stop
         cut = len(window) - self._held_suffix(window)
         self._held = window[cut:]

@@ -51,9 +51,31 @@ v0.21.0 b4b1185a); tensorrt_llm/version.py reads 0.16.0 at 42a7b092, 0.17.0 at
   max_tokens, streaming=False, sampling_config, output_config, end_id, pad_id,
   ..., stop_words)`; streaming responses carry only the new tokens.
 
+- ReDrafter (explicit draft tokens), read near 1.0.0 (docs/engines.md has the
+  revisions): cpp/include/tensorrt_llm/executor/types.h `DecodingMode::
+  ExplicitDraftTokens()` = stop criteria (stop words, max length) + explicit EOS
+  only, so top_k/top_p/min_p/repetition_penalty are not applied;
+  cpp/tensorrt_llm/layers/explicitDraftTokensLayer.cpp `setup` takes only the
+  random seed and the temperature, defaulting it (1.0) when the request has none;
+  a greedy drafter (`redrafter_greedy_search`) decodes greedily whatever is sent.
+  Up to max_draft_len + 1 tokens are accepted per step, so a stop word can end
+  mid-step with accepted tokens after it; executor/result.py then finishes
+  "stop" but sets `stop_reason` only when the stop word's tokens end the output.
+- tensorrt_llm/executor/executor.py (005bc848, ed53795b) `GenerationExecutor.create`:
+  on one GPU the LLM API's executor is a worker process started through mpi4py
+  unless TLLM_WORKER_USE_SINGLE_PROCESS=1 (llmapi/utils.py
+  `enable_worker_single_process_for_tp1`); without mpi4py that fails. (That the
+  real `import tensorrt_llm` imports mpi4py too is not modelled: doctor checks it.)
+- Iteration stats: `LLM.get_stats(timeout)` dicts with kvCacheStats.reusedBlocks
+  (docs/source/commands/trtllm-serve.rst's /metrics example), and the executor's
+  `get_latest_iteration_stats()` objects with `kv_cache_stats.reused_blocks`
+  (pybind bindings); blocks of `tokens_per_block` prompt tokens, reused when an
+  earlier request had the same prefix.
+
 `install(monkeypatch, ...)` puts the fake modules in `sys.modules`; the fake
 "model" writes whatever `respond(prompt_text)` returns, tokenized with the
-engine folder's real tokenizer, `tokens_per_step` tokens per response.
+engine folder's real tokenizer, `tokens_per_step` tokens per response (with a
+drafter: `accepted_per_step`, cycled, each at most max_draft_len + 1).
 """
 
 from __future__ import annotations
@@ -62,7 +84,10 @@ import asyncio
 import dataclasses
 import datetime
 import enum
+import importlib.util
+import itertools
 import json
+import os
 import queue
 import sys
 import threading
@@ -158,6 +183,11 @@ class FinishReason(enum.Enum):
     CANCELLED = 5
 
 
+SINGLE_PROCESS_ENV = "TLLM_WORKER_USE_SINGLE_PROCESS"
+DEFAULT_TEMPERATURE = 1.0  # DefaultDecodingParams::getTemperature()
+TOKENS_PER_BLOCK = 32
+
+
 @dataclass
 class FakeModel:
     """The scripted "model" behind both APIs, plus what the tests inspect afterwards."""
@@ -165,14 +195,60 @@ class FakeModel:
     engine_dir: Path
     respond: Callable[[str], str]
     tokens_per_step: int = 3
+    # With a drafter: tokens accepted per step, cycled (each is capped at max_draft_len + 1).
+    accepted_per_step: tuple[int, ...] = (4, 1, 3, 2)
     fail_after_tokens: int | None = None  # raise a background error after this many tokens
     requests: list[dict[str, Any]] = field(default_factory=list)
     loaded: list[dict[str, Any]] = field(default_factory=list)
     tokenizer: Any = None
+    cached_blocks: set[tuple[int, ...]] = field(default_factory=set)
+    reused_blocks: int = 0
+
+    def engine_config(self) -> dict[str, Any]:
+        return json.loads((self.engine_dir / "config.json").read_text())
 
     def max_seq_len(self) -> int:
-        config = json.loads((self.engine_dir / "config.json").read_text())
-        return int(config["build_config"]["max_seq_len"])
+        return int(self.engine_config()["build_config"]["max_seq_len"])
+
+    def drafter(self) -> str | None:
+        """None, "sampling" or "greedy": what the engine folder's ReDrafter head does."""
+        pretrained = self.engine_config().get("pretrained_config") or {}
+        if "redrafter_num_beams" not in pretrained:
+            return None
+        return "greedy" if pretrained.get("redrafter_greedy_search", True) else "sampling"
+
+    def applied_sampling(self, **asked: Any) -> dict[str, Any]:
+        """What the engine's decoding applies of the sampling fields a request carried."""
+        drafter = self.drafter()
+        if drafter == "greedy":
+            return {"greedy": True}
+        if drafter == "sampling":
+            temperature = asked["temperature"]
+            return {
+                "temperature": DEFAULT_TEMPERATURE if temperature is None else temperature,
+                "seed": asked["seed"],
+            }
+        if asked["top_k"] == 1 or all(asked[k] is None for k in ("temperature", "top_k", "top_p")):
+            return {"greedy": True}
+        return {k: v for k, v in asked.items() if v is not None}
+
+    def note_prompt(self, prompt_ids: list[int]) -> None:
+        """Prefix caching: full blocks of the prompt seen in an earlier request are reused."""
+        full = len(prompt_ids) // TOKENS_PER_BLOCK
+        for n in range(1, full + 1):
+            prefix = tuple(prompt_ids[: n * TOKENS_PER_BLOCK])
+            if prefix in self.cached_blocks:
+                self.reused_blocks += 1
+            else:
+                self.cached_blocks.add(prefix)
+
+    def step_sizes(self) -> Any:
+        """Tokens per step: one fixed size, or a drafter's accepted counts (cycled)."""
+        if self.drafter() is None:
+            return itertools.repeat(self.tokens_per_step)
+        build = self.engine_config()["build_config"]
+        most = int(build.get("max_draft_len", 3)) + 1
+        return itertools.cycle([min(n, most) for n in self.accepted_per_step])
 
     def steps(
         self,
@@ -186,23 +262,30 @@ class FakeModel:
         planned = self.tokenizer.encode(self.respond(prompt_text), add_special_tokens=False)
         planned.append(end_id)
         produced: list[int] = []
-        while True:
+        drafted = self.drafter() is not None
+        for size in self.step_sizes():
             new: list[int] = []
-            for token in planned[len(produced) : len(produced) + self.tokens_per_step]:
+            ended: tuple[FinishReason, int | None] | None = None
+            for token in planned[len(produced) : len(produced) + size]:
                 if self.fail_after_tokens is not None and len(produced) >= self.fail_after_tokens:
                     raise RequestError("fake executor: CUDA error: an illegal memory access")
                 if token == end_id:
-                    yield new, FinishReason.END_ID, None
-                    return
+                    ended = ended or (FinishReason.END_ID, None)
+                    break
                 new.append(token)
                 produced.append(token)
                 for index, word in enumerate(stop_words):
-                    if produced[-len(word) :] == word:
-                        yield new, FinishReason.STOP_WORDS, index
-                        return
-                if len(produced) >= max_tokens:
-                    yield new, FinishReason.LENGTH, None
-                    return
+                    if ended is None and produced[-len(word) :] == word:
+                        ended = (FinishReason.STOP_WORDS, index)
+                if ended is None and len(produced) >= max_tokens:
+                    ended = (FinishReason.LENGTH, None)
+                # Without a drafter a step is one token's decision; a drafter's step
+                # accepts its tokens together, so tokens past a stop word still come.
+                if ended is not None and not drafted:
+                    break
+            if ended is not None:
+                yield new, ended[0], ended[1]
+                return
             yield new, None, None
 
 
@@ -244,15 +327,19 @@ class RequestOutput:
             self.finished = True
             out.finish_reason = "cancelled"
             return self
-        new, why, stop_index = next(self._steps)
+        new, why, _ = next(self._steps)
         out.token_ids.extend(new)
         if why is not None:
             self.finished = True
             if why is FinishReason.STOP_WORDS:
                 out.finish_reason = "stop"
-                out.stop_reason = self._stop_reasons[stop_index]
-                if not self.params.include_stop_str_in_output:
-                    del out.token_ids[-len(self._stop_words[stop_index]) :]
+                # result.py names the stop (and trims it) only when it ends the output.
+                for reason, word in zip(self._stop_reasons, self._stop_words, strict=True):
+                    if out.token_ids[-len(word) :] == word:
+                        out.stop_reason = reason
+                        if not self.params.include_stop_str_in_output:
+                            del out.token_ids[-len(word) :]
+                        break
             else:
                 out.finish_reason = {FinishReason.END_ID: "stop", FinishReason.LENGTH: "length"}[
                     why
@@ -309,11 +396,22 @@ class TrtLLM:
             )
         if not isinstance(kwargs.get("kv_cache_config", KvCacheConfig()), KvCacheConfig):
             raise TypeError("kv_cache_config must be a KvCacheConfig")
+        in_process = os.environ.get(SINGLE_PROCESS_ENV, "0") == "1"
+        if not in_process and importlib.util.find_spec("mpi4py") is None:
+            # GenerationExecutorProxy: the worker process is spawned through mpi4py.
+            raise ModuleNotFoundError("No module named 'mpi4py'")
         from transformers import AutoTokenizer
 
         self.model = self.fake_model
         self.model.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer or model))
-        self.model.loaded.append({"api": "llm", "model": str(model), **kwargs})
+        self.model.loaded.append(
+            {
+                "api": "llm",
+                "model": str(model),
+                "worker": "in-process" if in_process else "mpi",
+                **kwargs,
+            }
+        )
         self._shutdown = False
 
     def generate_async(
@@ -342,10 +440,28 @@ class TrtLLM:
                 f"The sum of prompt length ({len(prompt_ids)}) and max_tokens "
                 f"({params.max_tokens}) should not exceed max_seq_len ({self.model.max_seq_len()})"
             )
+        applied = self.model.applied_sampling(
+            temperature=params.temperature,
+            top_k=params.top_k,
+            top_p=params.top_p,
+            min_p=params.min_p,
+            repetition_penalty=params.repetition_penalty,
+            seed=params.seed,
+        )
+        self.model.note_prompt(prompt_ids)
         self.model.requests.append(
-            {"prompt_ids": prompt_ids, "params": params, "streaming": streaming, "aborted": False}
+            {
+                "prompt_ids": prompt_ids,
+                "params": params,
+                "streaming": streaming,
+                "aborted": False,
+                "applied": applied,
+            }
         )
         return self.result_class(self.model, prompt_ids, params)
+
+    def get_stats(self, timeout: float = 2) -> list[dict[str, Any]]:
+        return [{"iter": 0, "kvCacheStats": {"reusedBlocks": self.model.reused_blocks}}]
 
     def shutdown(self) -> None:
         self._shutdown = True
@@ -441,8 +557,24 @@ class Executor:
                 request.input_token_ids, request.max_tokens, request.end_id, stop_words
             )
             self._active[request_id] = steps
-            self.model.requests.append({"request": request, "id": request_id, "aborted": False})
+            sampling = request.sampling_config
+            applied = self.model.applied_sampling(
+                temperature=sampling.temperature,
+                top_k=sampling.top_k,
+                top_p=sampling.top_p,
+                min_p=sampling.min_p,
+                repetition_penalty=sampling.repetition_penalty,
+                seed=sampling.seed,
+            )
+            self.model.note_prompt(list(request.input_token_ids))
+            self.model.requests.append(
+                {"request": request, "id": request_id, "aborted": False, "applied": applied}
+            )
         return request_id
+
+    def get_latest_iteration_stats(self) -> list[Any]:
+        kv = types.SimpleNamespace(reused_blocks=self.model.reused_blocks)
+        return [types.SimpleNamespace(kv_cache_stats=kv)]
 
     def cancel_request(self, request_id: int) -> None:
         with self._lock:
@@ -545,6 +677,8 @@ def install(
 ) -> FakeModel:
     """Put fake `tensorrt_llm` modules of `version` into sys.modules; return the fake model."""
     model = FakeModel(engine_dir=engine_dir, respond=respond, **model_options)
+    # The real switch is read once per process; each test starts without it.
+    monkeypatch.setenv(SINGLE_PROCESS_ENV, "0")
     accepted = set(LLM_ARGS)
     if release(version) < RUNTIME_BATCH_ARGS_SINCE:
         accepted -= RUNTIME_BATCH_ARGS
