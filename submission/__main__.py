@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "write or check kaggle_metadata.json",
     ),
     "build": ("submission.commands.build", "engine build pipeline (build/pipeline.toml)"),
+    "smoke": ("submission.commands.smoke", "first run on a GPU box: load the engine, verdicts"),
 }
 
 

@@ -1,0 +1,372 @@
+"""`python -m submission smoke --engine-dir DIR`: the first run on a GPU box with an engine.
+
+Starts the sandbox (before CUDA, the designed order), loads the engine, runs a
+handful of real prompts (AIMO-3 reference problems) through the TIR loop, and
+prints one verdict row per property the run depends on:
+tokens/s at 1/8/16 streams; draft acceptance (tokens per engine step) where the
+engine counts steps; prefix-cache hits on a second identical prompt where it
+reports KV-cache stats; the cut at `</tool_call>` with the code run; a
+greedy self-stop (the engine's own 10th token as a stop string, so any model,
+even random weights, exercises the cut); cancel latency; the effective
+sampling; and the sandbox after CUDA initialisation. Each row is pass, fail or
+n/a (not reported by this engine), with its reason. Exit code 1 on any fail.
+
+`--engine-dir DIR` means `engine.trtllm.engine_dir` (or `engine.hf.model`
+with `--engine hf`, the stand-in); any other setting goes through `--set`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
+
+import polars as pl
+
+from submission.answer import AnswerRange
+from submission.config import PACKAGE_DATA, Config, ConfigError, add_config_arguments, load_config
+from submission.engines.base import Engine, SamplingParams
+from submission.engines.registry import create_engine
+from submission.prompt import CODE_TAGS, PromptTemplate
+from submission.records import AttemptRecord
+from submission.sandbox import Sandbox
+from submission.tir import TirLoop
+
+Verdict = Literal["pass", "fail", "n/a"]
+STREAM_COUNTS = (1, 8, 16)
+ROW_TIMEOUT_S = 600.0  # one row's limit: a hung engine fails its row, not the whole command
+CANCEL_REPEATS = 3
+CANCEL_LIMIT_S = 1.0  # a cancelled stream must end within this
+
+
+@dataclass(frozen=True)
+class Row:
+    check: str
+    verdict: Verdict
+    detail: str
+
+
+@dataclass
+class SmokeSettings:
+    max_tokens: int = 256  # per stream in the throughput rows
+    attempt_tokens: int = 4096  # per TIR attempt
+    problems: int = 3  # AIMO-3 reference problems run through the TIR loop
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--engine", default="trtllm", help="engine kind (hf = stand-in)")
+    parser.add_argument("--engine-dir", default="", help="engine folder (hf: the model folder)")
+    parser.add_argument("--max-tokens", type=int, default=SmokeSettings.max_tokens)
+    parser.add_argument("--attempt-tokens", type=int, default=SmokeSettings.attempt_tokens)
+    parser.add_argument("--problems", type=int, default=SmokeSettings.problems)
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def config_for(args: argparse.Namespace) -> Config:
+    sets = [f"engine.kind={args.engine}"]
+    if args.engine_dir:
+        field = "hf.model" if args.engine == "hf" else f"{args.engine}.engine_dir"
+        sets.append(f"engine.{field}={args.engine_dir}")
+    return load_config(args.profile, args.config_file, [*sets, *args.overrides])
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_for(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    settings = SmokeSettings(args.max_tokens, args.attempt_tokens, args.problems)
+    rows = asyncio.run(run_smoke(config, settings))
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+    else:
+        print_table(rows, config.engine.kind)
+    return 1 if any(r.verdict == "fail" for r in rows) else 0
+
+
+def print_table(rows: list[Row], engine_kind: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"smoke (engine: {engine_kind})")
+    for column in ("check", "verdict", "detail"):
+        table.add_column(column)
+    colours = {"pass": "green", "fail": "red", "n/a": "yellow"}
+    for row in rows:
+        table.add_row(row.check, f"[{colours[row.verdict]}]{row.verdict}", row.detail)
+    Console(width=160).print(table)
+
+
+async def run_smoke(config: Config, settings: SmokeSettings | None = None) -> list[Row]:
+    """Every row, in order; a row that raises or hangs fails with the reason."""
+    settings = settings or SmokeSettings()
+    sandbox = Sandbox.from_config(config)  # before the engine touches CUDA
+    engine = create_engine(config)
+    rows: list[Row] = []
+    started = time.perf_counter()
+    try:
+        await engine.start()
+    except Exception as exc:
+        sandbox.close()
+        return [Row("engine start", "fail", f"{type(exc).__name__}: {exc}")]
+    load_s = time.perf_counter() - started
+    rows.append(Row("engine start", "pass", f"{engine.name} in {load_s:.1f} s"))
+    smoke = Smoke(engine, sandbox, config, settings)
+    checks: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
+        ("tokens/s", smoke.throughput),
+        ("stop at </tool_call>", smoke.tool_call_stop),
+        ("greedy self-stop", smoke.self_stop),
+        ("prefix cache", smoke.prefix_cache),
+        ("cancel latency", smoke.cancel_latency),
+        ("effective sampling", smoke.effective_sampling),
+        ("sandbox after CUDA", smoke.sandbox_after_cuda),
+    ]
+    try:
+        for name, check in checks:
+            try:
+                rows += await asyncio.wait_for(check(), ROW_TIMEOUT_S)
+            except Exception as exc:  # a broken check is a failed row, and the rest still run
+                rows.append(Row(name, "fail", f"{type(exc).__name__}: {exc}"))
+    finally:
+        await engine.close()
+        sandbox.close()
+    return rows
+
+
+class Smoke:
+    """The checks, sharing one engine, one sandbox and one prompt."""
+
+    def __init__(
+        self, engine: Engine, sandbox: Sandbox, config: Config, settings: SmokeSettings
+    ) -> None:
+        self.engine = engine
+        self.sandbox = sandbox
+        self.config = config
+        self.settings = settings
+        self.template = PromptTemplate.from_config(config.prompt)
+        reference = pl.read_csv(PACKAGE_DATA / "aimo3_reference.csv")
+        self.problems = [str(p) for p in reference["problem"].head(max(1, settings.problems))]
+        self.prompt = self.template.render(self.problems[0])
+        self.params = replace(
+            SamplingParams.from_generation(config.generation, config.generation.base_seed),
+            max_tokens=settings.max_tokens,
+        )
+
+    async def drain(self, prompt: str, params: SamplingParams) -> tuple[int, str, Any]:
+        tokens, text, last = 0, [], None
+        async for chunk in self.engine.stream(prompt, params):
+            tokens += chunk.tokens
+            text.append(chunk.text)
+            last = chunk
+        return tokens, "".join(text), last
+
+    async def throughput(self) -> list[Row]:
+        counters = getattr(self.engine, "counters", None)
+        before = (counters.tokens, counters.steps) if counters is not None else None
+        await self.drain(self.prompt, replace(self.params, max_tokens=16))  # warm-up
+        measured = []
+        for streams in STREAM_COUNTS:
+            params = [replace(self.params, seed=i) for i in range(streams)]
+            started = time.perf_counter()
+            done = await asyncio.gather(*(self.drain(self.prompt, p) for p in params))
+            seconds = time.perf_counter() - started
+            tokens = sum(t for t, _, _ in done)
+            errors = [last.error for _, _, last in done if last is None or last.error]
+            measured.append((streams, tokens / seconds, errors))
+        ok = all(rate > 0 and not errors for _, rate, errors in measured)
+        detail = ", ".join(f"{n}: {rate:.1f}" for n, rate, _ in measured)
+        problems = [e for _, _, errors in measured for e in errors]
+        rows = [
+            Row(
+                "tokens/s (1/8/16 streams)",
+                "pass" if ok else "fail",
+                f"{detail} tokens/s, {self.settings.max_tokens} tokens per stream"
+                + (f"; errors: {problems[:2]}" if problems else ""),
+            )
+        ]
+        if counters is None or before is None:
+            rows.append(Row("draft acceptance", "n/a", "this engine does not count steps"))
+        else:
+            tokens, steps = counters.tokens - before[0], counters.steps - before[1]
+            per_step = tokens / steps if steps else 0.0
+            facts = getattr(self.engine, "facts", None)
+            drafter = facts is not None and facts.has_drafter
+            verdict: Verdict = "pass" if steps and (per_step > 1.0 or not drafter) else "fail"
+            rows.append(
+                Row(
+                    "draft acceptance",
+                    verdict,
+                    f"{per_step:.2f} tokens per step over {steps} steps"
+                    + ("" if drafter else " (no drafter: 1 expected)"),
+                )
+            )
+        return rows
+
+    async def tool_call_stop(self) -> list[Row]:
+        """Real prompts through the TIR loop: a round ending at code_end runs its code."""
+        tags = CODE_TAGS[self.config.prompt.code_tags]
+        calls: list[tuple[str, str, str]] = []
+
+        class Recording:
+            def __init__(self, sandbox: Sandbox) -> None:
+                self.sandbox = sandbox
+
+            async def arun(self, code: str, session: str, timeout: float) -> Any:
+                result = await self.sandbox.arun(code, session=session, timeout=timeout)
+                calls.append((code, result.status, result.output[-160:]))
+                return result
+
+        tir = TirLoop(
+            self.engine,
+            Recording(self.sandbox),
+            tags,
+            self.config.tir,
+            AnswerRange(self.config.profile.answer_min, self.config.profile.answer_max),
+        )
+        records = []
+        for index, problem in enumerate(self.problems):
+            record = AttemptRecord(problem_id=f"smoke-{index}", attempt_num=0, seed=index)
+            params = replace(self.params, max_tokens=self.settings.attempt_tokens, seed=index)
+            await tir.run_attempt(record, self.template.render(problem), params, f"smoke-{index}")
+            self.sandbox.close_session(f"smoke-{index}")
+            records.append(record)
+        # The stop string appears once per code call (in the fed-back output block), never in
+        # the model's own text: the engine cut the text there.
+        leaked = [r.problem_id for r in records if r.text.count(tags.stop) != r.code_calls]
+        detail = (
+            f"{len(calls)} code calls in {len(records)} attempts "
+            f"({sum(s == 'ok' for _, s, _ in calls)} ok), finish: "
+            + ", ".join(str(r.finish_reason) for r in records)
+        )
+        failed = [f"{status}: {output!r}" for _, status, output in calls if status != "ok"]
+        if failed:
+            detail += f"; not ok: {failed[:2]}"
+        if not calls:
+            reason = f"no attempt reached {tags.stop}: {detail}"
+            return [Row("stop at " + tags.stop, "fail", reason)]
+        cut = all(tags.stop not in code for code, _, _ in calls)
+        ran = any(status == "ok" for _, status, _ in calls)
+        verdict: Verdict = "pass" if cut and ran and not leaked else "fail"
+        if leaked:
+            detail += f"; {tags.stop} left in the text of {leaked}"
+        return [Row("stop at " + tags.stop, verdict, detail)]
+
+    async def self_stop(self) -> list[Row]:
+        """Greedy text, then the same request with its own 10th-token text as a stop string."""
+        greedy = replace(self.params, temperature=0.0, max_tokens=32, stop=())
+        _, text, _ = await self.drain(self.prompt, greedy)
+        pieces = [text[i : i + 4] for i in range(8, max(8, len(text) - 4), 4)]
+        stop = next((p for p in pieces if p.strip() and text.find(p) >= 8), "")
+        if not stop:
+            return [Row("greedy self-stop", "fail", f"greedy text too short: {text!r}")]
+        _, again, last = await self.drain(self.prompt, replace(greedy, stop=(stop,)))
+        expected = text[: text.find(stop)]
+        ok = last is not None and last.stop == stop and again == expected
+        detail = f"stop {stop!r} after {len(expected)} chars" + (
+            "" if ok else f"; got {again!r}, stop {getattr(last, 'stop', None)!r}"
+        )
+        return [Row("greedy self-stop", "pass" if ok else "fail", detail)]
+
+    async def prefix_cache(self) -> list[Row]:
+        reused = getattr(self.engine, "reused_kv_blocks", None)
+        if reused is None:
+            return [Row("prefix cache", "n/a", f"{self.engine.name} has no prefix cache")]
+        short = replace(self.params, max_tokens=8)
+        prompt = self.template.render(self.problems[-1] + " (second identical prompt)")
+        await self.drain(prompt, short)
+        before = reused()
+        await self.drain(prompt, short)
+        after = reused()
+        if before is None or after is None:
+            return [Row("prefix cache", "fail", "the engine reported no KV-cache stats")]
+        hits = after - before
+        return [
+            Row(
+                "prefix cache",
+                "pass" if hits > 0 else "fail",
+                f"{hits} KV blocks reused by the second identical prompt",
+            )
+        ]
+
+    async def cancel_latency(self) -> list[Row]:
+        """Close one of 8 running streams after its first chunk: time until it has ended."""
+        long = replace(self.params, max_tokens=self.config.generation.max_tokens)
+        seconds = []
+        for _ in range(CANCEL_REPEATS):
+            others = [
+                asyncio.create_task(self.drain(self.prompt, replace(self.params, seed=i)))
+                for i in range(7)
+            ]
+            victim = self.engine.stream(self.prompt, long)
+            await anext(victim)
+            started = time.perf_counter()
+            await victim.aclose()
+            seconds.append(time.perf_counter() - started)
+            await asyncio.gather(*others)
+        median = statistics.median(seconds)
+        return [
+            Row(
+                "cancel latency",
+                "pass" if median < CANCEL_LIMIT_S else "fail",
+                f"median {median * 1e3:.2f} ms, max {max(seconds) * 1e3:.2f} ms "
+                f"(8 streams, {CANCEL_REPEATS} repeats)",
+            )
+        ]
+
+    async def effective_sampling(self) -> list[Row]:
+        stream = self.engine.stream(self.prompt, replace(self.params, max_tokens=4))
+        first = await anext(stream)
+        await stream.aclose()
+        asked = (
+            f"asked temperature={self.params.temperature:g} top_p={self.params.top_p:g} "
+            f"top_k={self.params.top_k} min_p={self.params.min_p:g} "
+            f"repetition_penalty={self.params.repetition_penalty:g}"
+        )
+        applied = first.meta.get("sampling")
+        if applied is None:
+            return [Row("effective sampling", "pass", f"as asked ({asked})")]
+        # Knobs a drafter ignores are reported, not failed; a greedy drafter makes K attempts
+        # identical, which fails.
+        greedy = str(applied).startswith("greedy")
+        return [Row("effective sampling", "fail" if greedy else "pass", f"{applied} ({asked})")]
+
+    async def sandbox_after_cuda(self) -> list[Row]:
+        """The sandbox started before the engine, and a new one started now, both run code."""
+        code = "import math\nprint(sum(i * i for i in range(10)), math.factorial(5))"
+        # Its own session uids: a sandbox's sessions kill(-1) their uid when they end.
+        sandbox_config = replace(
+            self.config.sandbox, first_session_uid=self.config.sandbox.first_session_uid + 5000
+        )
+        late_config = replace(self.config, sandbox=sandbox_config)
+        late = await asyncio.to_thread(Sandbox.from_config, late_config)
+        try:
+            results = [
+                await sandbox.arun(code, session="smoke-cuda", timeout=30.0)
+                for sandbox in (self.sandbox, late)
+            ]
+        finally:
+            late.close()
+        cuda = _cuda_initialised()
+        ok = all(r.status == "ok" and r.stdout.strip() == "285 120" for r in results)
+        detail = (
+            f"started before the engine: {results[0].status} ({results[0].seconds * 1e3:.1f} ms); "
+            f"after: {results[1].status} ({results[1].seconds * 1e3:.1f} ms); "
+            f"CUDA initialised in this process: {cuda}"
+        )
+        return [Row("sandbox after CUDA", "pass" if ok else "fail", detail)]
+
+
+def _cuda_initialised() -> str:
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return "no (torch not imported)"
+    return "yes" if torch.cuda.is_initialized() else "no"
