@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import dataclasses
 import json
 import statistics
@@ -26,9 +27,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
-
-import polars as pl
 
 from submission.answer import AnswerRange
 from submission.config import PACKAGE_DATA, Config, ConfigError, add_config_arguments, load_config
@@ -68,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attempt-tokens", type=int, default=SmokeSettings.attempt_tokens)
     parser.add_argument("--problems", type=int, default=SmokeSettings.problems)
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--out", default="", help="also write the rows as JSON to this file")
 
 
 def config_for(args: argparse.Namespace) -> Config:
@@ -86,8 +87,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = SmokeSettings(args.max_tokens, args.attempt_tokens, args.problems)
     rows = asyncio.run(run_smoke(config, settings))
+    as_json = json.dumps([dataclasses.asdict(r) for r in rows], indent=2)
+    if args.out:
+        Path(args.out).write_text(as_json + "\n", encoding="utf-8")
     if args.json:
-        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        print(as_json)
     else:
         print_table(rows, config.engine.kind)
     return 1 if any(r.verdict == "fail" for r in rows) else 0
@@ -153,8 +157,9 @@ class Smoke:
         self.config = config
         self.settings = settings
         self.template = PromptTemplate.from_config(config.prompt)
-        reference = pl.read_csv(PACKAGE_DATA / "aimo3_reference.csv")
-        self.problems = [str(p) for p in reference["problem"].head(max(1, settings.problems))]
+        with (PACKAGE_DATA / "aimo3_reference.csv").open(encoding="utf-8", newline="") as handle:
+            reference = [row["problem"] for row in csv.DictReader(handle)]
+        self.problems = reference[: max(1, settings.problems)]
         self.prompt = self.template.render(self.problems[0])
         self.params = replace(
             SamplingParams.from_generation(config.generation, config.generation.base_seed),
