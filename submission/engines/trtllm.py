@@ -29,7 +29,12 @@ from typing import Any
 
 from submission.config import Config, TrtllmEngineConfig
 from submission.engines.base import Chunk, EngineError, SamplingParams
-from submission.engines.trtllm_backends import DecodeCounters, LlmApiBackend, RunnerBackend
+from submission.engines.trtllm_backends import (
+    DecodeCounters,
+    LlmApiBackend,
+    RunnerBackend,
+    RuntimeSettings,
+)
 from submission.engines.trtllm_folder import EngineFacts, check_fit, inspect_engine_dir, release
 
 log = logging.getLogger(__name__)
@@ -112,16 +117,21 @@ class TrtllmEngine:
         log.info("trtllm: loading %s through ModelRunnerCpp", self.engine_dir)
         return RunnerBackend(self)
 
-    def max_batch_size(self) -> int:
-        """The configured batch size, at most what the engine was built for."""
+    def runtime_settings(self) -> RuntimeSettings:
+        """engine.trtllm's load settings, reconciled with the engine folder (in one place)."""
         built = self.facts.max_batch_size if self.facts is not None else 0
-        wanted = self.config.max_batch_size
-        if 0 < built < wanted:
+        batch = self.config.max_batch_size
+        if 0 < built < batch:
             log.warning(
-                "trtllm: engine built for max_batch_size %d; using %d, not %d", built, built, wanted
+                "trtllm: engine built for max_batch_size %d; using %d, not %d", built, built, batch
             )
-            return built
-        return wanted
+            batch = built
+        return RuntimeSettings(
+            max_batch_size=batch,
+            kv_cache_free_gpu_memory_fraction=self.config.kv_cache_free_gpu_memory_fraction,
+            enable_block_reuse=self.config.enable_block_reuse,
+            single_process=self.config.single_process,
+        )
 
     def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
         return self._stream(prompt, params)

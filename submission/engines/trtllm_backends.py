@@ -49,6 +49,16 @@ RUNNER_POLL = datetime.timedelta(milliseconds=20)
 SINGLE_PROCESS_ENV = "TLLM_WORKER_USE_SINGLE_PROCESS"
 
 
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """What both backends load an engine with, built once from engine.trtllm and the folder."""
+
+    max_batch_size: int  # the configured one, capped at the engine's build value
+    kv_cache_free_gpu_memory_fraction: float
+    enable_block_reuse: bool
+    single_process: bool
+
+
 @dataclass
 class DecodeCounters:
     """Tokens and engine steps streamed so far (a drafter accepts several tokens per step)."""
@@ -118,20 +128,20 @@ class LlmApiBackend:
 
     def __init__(self, tensorrt_llm: Any, llm_class: Any, engine: TrtllmEngine) -> None:
         self.engine = engine
-        config = engine.config
+        settings = engine.runtime_settings()
         llmapi = importlib.import_module("tensorrt_llm.llmapi")
         self.sampling_params_class = tensorrt_llm.SamplingParams
         self.notes = SamplingNotes(engine)
         kv_cache = llmapi.KvCacheConfig(
-            free_gpu_memory_fraction=config.kv_cache_free_gpu_memory_fraction,
-            enable_block_reuse=config.enable_block_reuse,
+            free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
+            enable_block_reuse=settings.enable_block_reuse,
         )
-        use_single_process(config.single_process)
+        use_single_process(settings.single_process)
         self.llm = llm_class(
             model=str(engine.engine_dir),
             tokenizer=str(engine.tokenizer_dir),
             kv_cache_config=kv_cache,
-            max_batch_size=engine.max_batch_size(),
+            max_batch_size=settings.max_batch_size,
         )
 
     def sampling_params(self, params: SamplingParams, max_tokens: int) -> tuple[Any, str]:
@@ -221,15 +231,15 @@ class RunnerBackend:
 
     def __init__(self, engine: TrtllmEngine) -> None:
         self.engine = engine
-        config = engine.config
+        settings = engine.runtime_settings()
         runtime = importlib.import_module("tensorrt_llm.runtime")
         self.bindings = importlib.import_module("tensorrt_llm.bindings.executor")
         self.notes = SamplingNotes(engine)
         self.runner = runtime.ModelRunnerCpp.from_dir(
             str(engine.engine_dir),
-            max_batch_size=engine.max_batch_size(),
-            kv_cache_free_gpu_memory_fraction=config.kv_cache_free_gpu_memory_fraction,
-            kv_cache_enable_block_reuse=config.enable_block_reuse,  # off by default there
+            max_batch_size=settings.max_batch_size,
+            kv_cache_free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
+            kv_cache_enable_block_reuse=settings.enable_block_reuse,  # off by default there
         )
         # Newer versions call it `executor`, older ones `session`.
         self.executor = getattr(self.runner, "executor", None) or self.runner.session
