@@ -275,3 +275,24 @@ def test_manifest_write_and_read_round_trip(tmp_path):
     from submission.manifest import read_manifest
 
     assert read_manifest(tmp_path) == manifest
+
+
+async def test_the_attempt_log_records_the_effective_sampling(tmp_path, tokenizer_dir, monkeypatch):
+    from submission.answer import AnswerRange
+    from submission.prompt import CODE_TAGS
+    from submission.records import AttemptRecord
+    from submission.tir import TirLoop
+
+    text = "Nothing to compute: the answer is \\boxed{42}."
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    fake_trt.install(monkeypatch, engine_dir, lambda prompt: text)
+    engine = engine_for(engine_dir)
+    await engine.start()
+    config = load_config("aimo3", None, [])
+    tir = TirLoop(engine, None, CODE_TAGS["openmath"], config.tir, AnswerRange(0, 99_999))
+    record = AttemptRecord(problem_id="p", attempt_num=0, seed=5)
+    params = SamplingParams(max_tokens=200, temperature=0.6, top_p=0.95, seed=5, stop=STOPS)
+    await tir.run_attempt(record, PROMPT, params, session="a0")
+    assert record.answer == 42
+    assert record.sampling == "temperature=0.6 seed=5; ignored top_p=0.95"
+    assert record.row()["sampling"] == record.sampling
