@@ -164,18 +164,25 @@ class EarlyStopConfig:
 
 @dataclass
 class SandboxConfig:
-    """Limits of the local code sandbox (one process per session)."""
+    """Limits and guards of the local code sandbox (one process per session)."""
 
-    memory_mb: int = 4096  # address-space limit per session process
+    # Per session: a memory cgroup caps all its processes together where the machine has
+    # one; every process also gets this address-space limit (RLIMIT_AS -> MemoryError).
+    memory_mb: int = 4096
     cpu_time_s: int = 60  # RLIMIT_CPU per session process
-    file_size_mb: int = 64
+    file_size_mb: int = 64  # RLIMIT_FSIZE per file
+    # Size of the session's private tmpfs (its /tmp, /var/tmp, /dev/shm, /run/lock and
+    # working directory together) where mount namespaces work.
+    disk_mb: int = 1024
     open_files: int = 256
-    max_processes: int = 64  # RLIMIT_NPROC, effective when sessions run unprivileged
+    # Processes per session: a pids cgroup where there is one, and RLIMIT_NPROC per uid
+    # when sessions run unprivileged.
+    max_processes: int = 64
     # User the session processes drop to when the harness runs as root ("" = stay root).
     unprivileged_user: str = "nobody"
-    # ... each session as its own uid, counted up from here (with that user's group), so
-    # one session can't signal another's processes or spend their max_processes, and the
-    # files a session leaves in /tmp, /dev/shm, /var/tmp go with it; 0 = all share the user's.
+    # ... each session as its own uid, leased host-wide from here (with that user's group),
+    # so one session can't signal another's processes or spend their max_processes;
+    # 0 = all share the user's.
     first_session_uid: int = 61000
     # Sessions forked and warmed ahead of need: a new session then costs no fork.
     spare_sessions: int = 2
@@ -189,6 +196,23 @@ class SandboxConfig:
         "functools",
         "collections",
     )
+    # Code run once in every new session before its first cell, and again when a session
+    # is restored; its output is not shown (e.g. warnings.filterwarnings('ignore')).
+    session_prelude: str = ""
+    # Each captured stream keeps this many characters (memory safety only: what the model
+    # is shown is cut by the TIR loop's formatter); ExecResult.truncated says it happened.
+    max_capture_chars: int = 20000
+    # A timed-out cell is interrupted (KeyboardInterrupt, as Jupyter); when that has not
+    # ended it within this grace, the process is killed and the session restored.
+    interrupt_grace_s: float = 0.3
+    # Restoring a killed or crashed session re-runs its successful cells within this cap;
+    # past it the state is lost (the session starts empty).
+    restore_timeout_s: float = 20.0
+    # Harness environment variables a session may see (all others are dropped).
+    environment: tuple[str, ...] = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONHASHSEED")
+    # Guards that need the machine's support; each is used only when it works here.
+    use_cgroups: bool = True  # cgroup v1 memory + pids per session
+    use_namespaces: bool = True  # private mount (tmpfs), network (no interfaces), IPC
 
 
 @dataclass

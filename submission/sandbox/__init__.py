@@ -5,6 +5,7 @@ import: its constructor starts the fork server that all session processes come f
 """
 
 from submission.sandbox.result import ExecResult
-from submission.sandbox.sandbox import Sandbox, SandboxError
+from submission.sandbox.sandbox import Sandbox
+from submission.sandbox.server import SandboxError
 
 __all__ = ["ExecResult", "Sandbox", "SandboxError"]

@@ -54,8 +54,9 @@ def recv(sock: socket.socket, max_fds: int = 0) -> tuple[dict[str, Any], list[in
 def decode(body: bytes) -> dict[str, Any]:
     try:
         message = json.loads(body.decode("utf-8", "surrogatepass"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProtocolError(f"not a message: {exc}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:
+        # A forged message may hold a 10**5-digit number or JSON nested 10**5 deep.
+        raise ProtocolError(f"not a message: {type(exc).__name__}") from None
     if not isinstance(message, dict):
         raise ProtocolError("not a message: not a JSON object")
     return message
@@ -64,8 +65,9 @@ def decode(body: bytes) -> dict[str, Any]:
 class MessageReader:
     """Reassembles messages from non-blocking reads (the harness side of a session)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
         self._buffer = bytearray()
+        self._max_bytes = max_bytes
 
     def feed(self, data: bytes) -> dict[str, Any] | None:
         """Add bytes; return the first complete message, if any."""
@@ -73,7 +75,7 @@ class MessageReader:
         if len(self._buffer) < _HEADER.size:
             return None
         (length,) = _HEADER.unpack_from(self._buffer)
-        if length > MAX_MESSAGE_BYTES:
+        if length > self._max_bytes:
             raise ProtocolError(f"message of {length} bytes is too large")
         if len(self._buffer) < _HEADER.size + length:
             return None

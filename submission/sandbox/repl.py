@@ -17,6 +17,7 @@ import io
 import itertools
 import linecache
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -55,7 +56,9 @@ def serve(
     display: Callable[[Any], str],
     path_map: dict[str, str],
 ) -> None:
-    """Answer `{"code": ...}` requests with `{"status": ...}` until the channel closes.
+    """Answer `{"code": ..., "seq": n}` requests with `{"status": ..., "seq": n}` until
+    the channel closes. status is "ok", "error" or "interrupted" (the harness's SIGINT
+    reached the cell: it passed its deadline; the namespace is intact).
 
     `out_fd` and `err_fd` are private copies of the capture pipes: before each
     cell they are put back on fds 1 and 2, so a cell that closed or redirected
@@ -67,22 +70,60 @@ def serve(
     # Our own streams: line-buffered (output printed before a timeout is kept) and
     # never failing on text UTF-8 cannot encode (lone surrogates).
     sys.__stdout__, sys.__stderr__ = _text_stream(1), _text_stream(2)
+    signal.signal(signal.SIGINT, _Interrupts.handler)
     for count in itertools.count(1):
         try:
             request, _ = protocol.recv(channel)
         except (protocol.ProtocolError, OSError):
             os._exit(0)
         _restore_std_streams(out_fd, err_fd)
-        status = run_cell(str(request.get("code", "")), namespace, count, display, path_map)
+        status = _run_interruptible(
+            str(request.get("code", "")), namespace, count, display, path_map
+        )
         if os.getpid() != session_pid:  # a process the cell forked: never a second REPL
             os._exit(0)
         for stream in (sys.__stdout__, sys.__stderr__):
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, KeyboardInterrupt):
                 stream.flush()
         try:
-            protocol.send(channel, {"status": status})
+            protocol.send(channel, {"status": status, "seq": request.get("seq")})
         except OSError:
             os._exit(0)
+
+
+class _Interrupts:
+    """SIGINT raises KeyboardInterrupt only while a cell runs, and is remembered."""
+
+    in_cell = False
+    received = False
+
+    @classmethod
+    def handler(cls, signum: int, frame: Any) -> None:
+        if cls.in_cell:
+            cls.received = True
+            raise KeyboardInterrupt
+
+
+def _run_interruptible(
+    code: str,
+    namespace: dict[str, Any],
+    count: int,
+    display: Callable[[Any], str],
+    path_map: dict[str, str],
+) -> str:
+    """run_cell with the harness's interrupt: "interrupted" when it reached the cell
+    (even if the cell caught the KeyboardInterrupt), its traceback not shown."""
+    _Interrupts.received = False
+    # Reinstalled every cell: a cell may have ignored SIGINT or replaced the handler.
+    signal.signal(signal.SIGINT, _Interrupts.handler)
+    try:
+        _Interrupts.in_cell = True
+        status = run_cell(code, namespace, count, display, path_map, _Interrupts)
+    except KeyboardInterrupt:  # landed in run_cell's own code, outside the cell
+        status = "error"
+    finally:
+        _Interrupts.in_cell = False
+    return "interrupted" if _Interrupts.received else status
 
 
 def run_cell(
@@ -91,8 +132,10 @@ def run_cell(
     count: int,
     display: Callable[[Any], str],
     path_map: dict[str, str] | None = None,
+    interrupts: type[_Interrupts] | None = None,
 ) -> str:
-    """Execute one cell; print the displayed value to stdout, a traceback to stderr."""
+    """Execute one cell; print the displayed value to stdout, a traceback to stderr
+    (none for the harness's own interrupt: the call's status says it)."""
     filename = f"{_CELL_PREFIX}{count}>"
     linecache.cache[filename] = (len(code), None, code.splitlines(keepends=True), filename)
     try:
@@ -115,6 +158,10 @@ def run_cell(
         _write_stderr(_SYSTEM_EXIT_NOTE + _exception_only(exc))
         return "error"
     except BaseException as exc:
+        if interrupts is not None:
+            interrupts.in_cell = False
+            if interrupts.received and isinstance(exc, KeyboardInterrupt):
+                return "error"
         _write_stderr(_format_exception(exc, path_map or {}))
         return "error"
     return "ok"

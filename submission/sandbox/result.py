@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-# ok: ran to the end; error: raised (traceback in stderr); timeout: killed at its
-# deadline; killed: ended by a signal such as a resource limit; crashed: the
-# session process exited or broke its channel.
+# ok: ran to the end; error: raised (traceback in stderr); timeout: passed its
+# deadline (interrupted, or killed when the interrupt did not land); killed: ended
+# by SIGKILL, SIGXCPU or SIGXFSZ (a limit, or out of memory); crashed: the session
+# process exited, crashed with another signal or broke its channel.
 Status = Literal["ok", "error", "timeout", "killed", "crashed"]
+# What became of the session's namespace: kept (intact: the call ended normally or the
+# interrupt landed); restored (the process was replaced and its successful cells re-run);
+# lost (could not be rebuilt: the next call starts an empty session).
+State = Literal["kept", "restored", "lost"]
 
 # UTF-8 needs at most 4 bytes a character: this many bytes always holds the limit.
 _BYTES_PER_CHAR = 4
@@ -16,20 +21,23 @@ _BYTES_PER_CHAR = 4
 
 @dataclass(frozen=True)
 class ExecResult:
-    """One call's outcome. stdout and stderr are each already cut to the output limit.
+    """One call's outcome: the streams as captured (each cut at `sandbox.max_capture_chars`,
+    `truncated` then True), how it ended, and what became of the session's state.
 
-    When the session died (timeout, killed, crashed), stderr ends with a short
-    note saying so, added after the cut so the model always sees it.
+    Nothing model-facing is added here: the TIR loop's formatter turns this into
+    the output block the model sees.
     """
 
     stdout: str
     stderr: str
     status: Status
     seconds: float
+    state: State = "kept"
+    truncated: bool = False
 
     @property
     def output(self) -> str:
-        """What the model is shown: stdout then stderr (NeMo-Skills cuts each stream alone)."""
+        """stdout then stderr."""
         return self.stdout + self.stderr
 
 
@@ -39,9 +47,8 @@ class BoundedCapture:
     A session may write gigabytes; the harness keeps a few kilobytes of them.
     """
 
-    def __init__(self, max_chars: int, marker: str) -> None:
+    def __init__(self, max_chars: int) -> None:
         self.max_chars = max_chars
-        self.marker = marker
         self._kept = bytearray()
         self._cap = max_chars * _BYTES_PER_CHAR + _BYTES_PER_CHAR
         self.total_bytes = 0
@@ -52,10 +59,9 @@ class BoundedCapture:
         if room > 0:
             self._kept += data[:room]
 
-    def text(self) -> str:
-        """The stream as text (undecodable bytes replaced), cut with the marker when too long."""
+    def text(self) -> tuple[str, bool]:
+        """The stream as text (undecodable bytes replaced) and whether it was cut."""
         text = self._kept.decode("utf-8", errors="replace")
-        dropped_bytes = self.total_bytes > len(self._kept)
-        if len(text) > self.max_chars or dropped_bytes:
-            return text[: self.max_chars] + self.marker
-        return text
+        if len(text) > self.max_chars or self.total_bytes > len(self._kept):
+            return text[: self.max_chars], True
+        return text, False

@@ -1,0 +1,183 @@
+"""Clean-up that no session can turn against the harness: uid leases held host-wide,
+processes found by uid, and file trees removed without recursion or following links.
+
+Everything here runs in the harness and never raises for what a session left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import stat
+import tempfile
+
+LOG = logging.getLogger(__name__)
+# World-writable folders where a session without a private /tmp may leave files.
+SHARED_TMP = ("/tmp", "/dev/shm", "/var/tmp", "/run/lock")
+_LEASE_RANGE = 10_000
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class UidLeases:
+    """Session uids leased host-wide with one flock'ed file per uid, so two Sandbox
+    instances (or two runs) on one machine never hand out the same uid.
+
+    A lease is taken only after every process still running as that uid is killed,
+    and given back only after the session's processes are killed.
+    """
+
+    def __init__(self, first: int, lock_dir: str | None = None) -> None:
+        self.first = first
+        self.lock_dir = lock_dir or _lock_dir()
+        os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
+        self._held: dict[int, int] = {}  # uid -> descriptor holding its lock
+
+    def take(self, clear_shared_tmp: bool) -> int:
+        for uid in range(self.first, self.first + _LEASE_RANGE):
+            if uid in self._held:
+                continue
+            path = os.path.join(self.lock_dir, f"uid-{uid}.lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                continue
+            self._held[uid] = fd
+            kill_uid(uid)  # stragglers of an earlier holder that died without cleaning up
+            if clear_shared_tmp:
+                remove_leftovers(uid)
+            return uid
+        raise OSError(f"no free session uid in {self.first}..{self.first + _LEASE_RANGE}")
+
+    def release(self, uid: int) -> None:
+        fd = self._held.pop(uid, None)
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the lock
+
+    def close(self) -> None:
+        for uid in list(self._held):
+            self.release(uid)
+
+
+def _lock_dir() -> str:
+    for base in ("/run", tempfile.gettempdir()):
+        if os.access(base, os.W_OK):
+            return os.path.join(base, f"aimo-sandbox-uids-{os.geteuid()}")
+    raise OSError("no writable folder for the uid leases")
+
+
+def processes_of(uid: int) -> list[int]:
+    """Processes whose real or effective uid is `uid` (read from /proc/PID/status:
+    a process that changed uid is not dumpable, so /proc/PID itself belongs to root)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/status", "rb") as file:
+                for line in file:
+                    if line.startswith(b"Uid:"):
+                        real, effective = line.split()[1:3]
+                        if int(real) == uid or int(effective) == uid:
+                            found.append(int(name))
+                        break
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def kill_uid(uid: int) -> int:
+    """SIGKILL every process running as `uid`; how many there were."""
+    victims = processes_of(uid)
+    for pid in victims:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(victims)
+
+
+def remove_tree(path: str) -> None:
+    """Remove a directory tree of any depth: no recursion, no symlink followed, each
+    folder opened relative to its parent (no path grows past PATH_MAX). Errors are
+    skipped: what cannot be removed stays, nothing is raised."""
+    try:
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return
+    stack: list[tuple[list[str], str]] = []
+    pending = _clear_files(fd)
+    while True:
+        if pending:
+            name = pending.pop()
+            try:
+                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=fd)
+                continue
+            stack.append((pending, name))
+            os.close(fd)
+            fd = child
+            pending = _clear_files(fd)
+            continue
+        if not stack:
+            break
+        try:
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
+        except OSError:
+            break
+        os.close(fd)
+        fd = parent
+        pending, name = stack.pop()
+        with contextlib.suppress(OSError):
+            os.rmdir(name, dir_fd=fd)
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+def _clear_files(fd: int) -> list[str]:
+    """Unlink every non-directory in the folder `fd`; return its subfolders' names.
+    A folder the session made unreadable (chmod 000) is opened anyway: root may."""
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, 0o700)
+    folders = []
+    try:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        folders.append(entry.name)
+                    else:
+                        os.unlink(entry.name, dir_fd=fd)
+                except OSError:
+                    continue
+    except OSError:
+        pass
+    return folders
+
+
+def remove_leftovers(uid: int, folders: tuple[str, ...] = SHARED_TMP) -> None:
+    """Remove what `uid` owns at the top of the shared temporary folders."""
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if info.st_uid != uid:
+                continue
+            if stat.S_ISDIR(info.st_mode):
+                remove_tree(entry.path)
+            else:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)

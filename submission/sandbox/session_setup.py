@@ -1,0 +1,202 @@
+"""What turns a child just forked by the fork server into a session process.
+
+In order: it joins its cgroups, becomes a process group and subreaper of its own,
+keeps only its channel and pipes, takes private mount (tmpfs), network and IPC
+namespaces (where the machine allows), sets its rlimits, drops to its uid and
+dies with the server. Also the probes the server runs once to learn which of
+these the machine allows, and the trick that keeps a root-only interpreter
+importable after the drop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import resource
+import signal
+import socket
+import sys
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWNS = 0x00020000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+# Inside a private mount namespace: one tmpfs on /tmp (the session's working directory
+# and home), the other world-writable folders bound onto sub-folders of it, so all
+# of them share one size budget.
+PRIVATE_TMP = "/tmp"
+_BOUND_TMP = {"/var/tmp": ".var-tmp", "/dev/shm": ".dev-shm", "/run/lock": ".run-lock"}
+
+
+def become_session(
+    request: dict[str, Any],
+    user: list[int] | None,
+    fds: list[int],
+    server_channel: socket.socket,
+    keep: list[int],
+) -> None:
+    server_pid = os.getppid()
+    # First: everything from here on, memory and processes, counts against its budget.
+    for folder in request.get("cgroups") or ():
+        with open(os.path.join(folder, "cgroup.procs"), "w") as procs:
+            procs.write(str(os.getpid()))
+    for signum in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.setsid()
+    # Orphans of this session's children stay in its tree, where `kill` finds them.
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    server_channel.detach()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(fds[1], 1)
+    os.dup2(fds[2], 2)
+    _close_all_but({0, 1, 2, *fds, *keep})
+    if request["isolate"]:
+        _isolate(int(request["disk_mb"]))
+        workdir = PRIVATE_TMP
+    else:
+        workdir = request["workdir"]
+        if user is not None:
+            os.chown(workdir, *user)
+    if user is not None:
+        # A session uid has no passwd entry: getpass.getuser() reads these first.
+        os.environ.update({"USER": "sandbox", "LOGNAME": "sandbox"})
+    os.chdir(workdir)
+    os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PWD": workdir})
+    for name, (soft, hard) in request["limits"].items():
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+    if user is not None:
+        _drop_privileges(user)
+    # After the drop, which clears it: die with the server.
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != server_pid:  # the server died before the prctl
+        os._exit(0)
+    sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115 (fd 0 outlives it)
+
+
+def _isolate(disk_mb: int) -> None:
+    """Private mount, network and IPC namespaces: a fresh tmpfs of `disk_mb` for /tmp
+    and its kin (gone with the session's last process), no network interface up,
+    SysV IPC objects and message queues of its own (gone with it too)."""
+    _unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
+    _mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None)
+    _mount(b"tmpfs", PRIVATE_TMP.encode(), b"tmpfs", 0, f"size={disk_mb}m,mode=1777".encode())
+    for target, name in _BOUND_TMP.items():
+        if not os.path.isdir(target):
+            continue
+        source = os.path.join(PRIVATE_TMP, name)
+        os.mkdir(source)
+        os.chmod(source, 0o1777)
+        _mount(source.encode(), target.encode(), None, MS_BIND, None)
+
+
+def can_isolate() -> bool:
+    """Whether this machine lets a forked child take private namespaces and mount a tmpfs."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _isolate(1)
+        except OSError:
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _unshare(flags: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(flags) != 0:
+        raise OSError(ctypes.get_errno(), "unshare failed")
+
+
+def _mount(
+    source: bytes, target: bytes, kind: bytes | None, flags: int, data: bytes | None
+) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source, target, kind, flags, data) != 0:
+        raise OSError(ctypes.get_errno(), f"mount {target.decode()} failed")
+
+
+def _drop_privileges(user: list[int]) -> None:
+    uid, gid = user
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+def can_drop(user: list[int]) -> bool:
+    """Whether this machine lets a forked child switch to `user` (some containers do not)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _drop_privileges(user)
+        except OSError:
+            os._exit(1)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _close_all_but(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+def reachable_import_paths() -> dict[str, int]:
+    """Keep the interpreter's files importable after the privilege drop.
+
+    The interpreter may live under a directory the unprivileged user cannot
+    enter (pyenv under /root here). Descriptors opened now as root, reached as
+    /proc/self/fd/N, skip the check on those ancestors; sys.path and every loaded
+    package's __path__ are rewritten to go through them. Returns them by
+    directory; every session process inherits them.
+    """
+    fds: dict[str, int] = {}
+
+    def through_fd(path: str) -> str:
+        for root, fd in fds.items():
+            if path == root or path.startswith(root + os.sep):
+                return f"/proc/self/fd/{fd}{path[len(root) :]}"
+        return path
+
+    for entry in sys.path:
+        if entry and os.path.isdir(entry) and not _world_reachable(entry):
+            fds[entry] = os.open(entry, os.O_PATH | os.O_DIRECTORY)
+    if not fds:
+        return {}
+    sys.path[:] = [through_fd(p) for p in sys.path]
+    for module in list(sys.modules.values()):
+        package_path = getattr(module, "__path__", None)
+        if package_path is not None:
+            with contextlib.suppress(AttributeError, TypeError):
+                module.__path__ = [through_fd(p) for p in package_path]
+    sys.path_importer_cache.clear()
+    return fds
+
+
+def _world_reachable(path: str) -> bool:
+    """Whether any user may walk down to `path` (every ancestor has o+x)."""
+    current = os.path.abspath(path)
+    while True:
+        if not os.stat(current).st_mode & 0o001:
+            return False
+        parent = os.path.dirname(current)
+        if parent == current:
+            return True
+        current = parent
+
+
+def prctl(option: int, value: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
