@@ -93,6 +93,7 @@ class Sandbox:
         if self._closed:
             raise SandboxError("sandbox is closed")
         try:
+            self._server.check()
             sess = self._session(session)
             state: State = "kept"
             if sess.generation != self._server.generation:  # its server died since

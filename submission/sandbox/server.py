@@ -93,6 +93,17 @@ class ForkServerClient:
                     self._on_replaced(self.generation - 1)
             raise AssertionError("unreachable")
 
+    def check(self) -> None:
+        """Replace the server now if it has died (its sessions are then restored before
+        their next cell runs, rather than failing it)."""
+        with self._lock:
+            if self.closed or self._process is None or self._process.poll() is None:
+                return
+            LOG.warning("sandbox fork server died; starting a new one")
+            self._stop()
+            self._start()
+            self._on_replaced(self.generation - 1)
+
     def close(self) -> None:
         with self._lock:
             self.closed = True
