@@ -192,9 +192,9 @@ def _sandbox(config: Config) -> Check:
     try:
         with Sandbox.from_config(config) as sandbox:
             result = sandbox.run("import sympy\nprint(sympy.factorint(360))", "doctor", 30.0)
+            guards = "; ".join(f"{name}: {how}" for name, how in sandbox.guards().items())
     except Exception as exc:  # report any failure to start as a failed check, not a crash
         return Check("sandbox", "fail", f"{type(exc).__name__}: {exc}")
     ok = result.status == "ok" and "{2: 3, 3: 2, 5: 1}" in result.stdout
-    return Check(
-        "sandbox", "ok" if ok else "fail", f"{result.status} in {result.seconds * 1000:.1f} ms"
-    )
+    detail = f"{result.status} in {result.seconds * 1000:.1f} ms; guards: {guards}"
+    return Check("sandbox", "ok" if ok else "fail", detail)

@@ -83,7 +83,7 @@ def serve(
         if os.getpid() != session_pid:  # a process the cell forked: never a second REPL
             os._exit(0)
         for stream in (sys.__stdout__, sys.__stderr__):
-            with contextlib.suppress(OSError, ValueError, KeyboardInterrupt):
+            with contextlib.suppress(Exception):  # a cell may have replaced them with anything
                 stream.flush()
         try:
             protocol.send(channel, {"status": status, "seq": request.get("seq")})
@@ -169,7 +169,7 @@ def run_cell(
 
 def _write_stderr(text: str) -> None:
     """Write an error report; a cell that closed its stderr loses it, the session lives on."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):
+    with contextlib.suppress(Exception):
         sys.stderr.write(text)
 
 
@@ -287,7 +287,7 @@ def _restore_std_streams(out_fd: int, err_fd: int) -> None:
 def _is_healthy(stream: Any, fd: int) -> bool:
     try:
         return stream is not None and not stream.closed and stream.fileno() == fd
-    except (OSError, ValueError, AttributeError):
+    except Exception:  # a cell's replacement stream may raise anything
         return False
 
 

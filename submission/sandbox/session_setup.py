@@ -59,7 +59,7 @@ def become_session(
     os.dup2(fds[2], 2)
     _close_all_but({0, 1, 2, *fds, *keep})
     if request["isolate"]:
-        _isolate(int(request["disk_mb"]))
+        _isolate(int(request["disk_mb"]), user)
         workdir = PRIVATE_TMP
     else:
         workdir = request["workdir"]
@@ -81,13 +81,17 @@ def become_session(
     sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115 (fd 0 outlives it)
 
 
-def _isolate(disk_mb: int) -> None:
+def _isolate(disk_mb: int, user: list[int] | None) -> None:
     """Private mount, network and IPC namespaces: a fresh tmpfs of `disk_mb` for /tmp
-    and its kin (gone with the session's last process), no network interface up,
-    SysV IPC objects and message queues of its own (gone with it too)."""
+    and its kin, owned by the session's user (gone with the session's last process),
+    no network interface up, SysV IPC objects and message queues of its own (gone
+    with it too)."""
     _unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
     _mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None)
-    _mount(b"tmpfs", PRIVATE_TMP.encode(), b"tmpfs", 0, f"size={disk_mb}m,mode=1777".encode())
+    options = f"size={disk_mb}m,mode=1777"
+    if user is not None:
+        options += f",uid={user[0]},gid={user[1]}"
+    _mount(b"tmpfs", PRIVATE_TMP.encode(), b"tmpfs", 0, options.encode())
     for target, name in _BOUND_TMP.items():
         if not os.path.isdir(target):
             continue
@@ -102,7 +106,7 @@ def can_isolate() -> bool:
     pid = os.fork()
     if pid == 0:
         try:
-            _isolate(1)
+            _isolate(1, None)
         except OSError:
             os._exit(1)
         os._exit(0)
