@@ -89,9 +89,19 @@ class Sandbox:
 
     def run(self, code: str, session: str = "default", timeout: float = 10.0) -> ExecResult:
         """Run `code` in the named session (created on first use); never raises for bad code."""
-        start = time.monotonic()
         if self._closed:
             raise SandboxError("sandbox is closed")
+        start = time.monotonic()
+        try:
+            return self._run(code, session, timeout, start)
+        except Exception as exc:  # the machinery's own failure: the caller gets a result
+            LOG.exception("sandbox call in session %r failed", session)
+            with contextlib.suppress(Exception):
+                self.close_session(session)
+            seconds = time.monotonic() - start
+            return ExecResult("", f"SandboxError: {exc!r}\n", "crashed", seconds, "lost")
+
+    def _run(self, code: str, session: str, timeout: float, start: float) -> ExecResult:
         try:
             self._server.check()
             sess = self._session(session)
@@ -181,7 +191,8 @@ class Sandbox:
             self._spares.clear()
         for sess in sessions:
             self._discard(sess, grace_s=0.0)
-        self._server.close()
+        with contextlib.suppress(Exception):
+            self._server.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if self._cgroups is not None:
             self._cgroups.close()
@@ -360,17 +371,24 @@ class Sandbox:
         if not sess.mark_closed():
             return {}
         info: dict[str, Any] = {}
-        if sess.pid and sess.generation == self._server.generation:
-            with contextlib.suppress(SandboxError):
-                info = self._server.request({"op": "kill", "pid": sess.pid, "grace_s": grace_s})
-        self._kill_leftovers(sess)
-        sess.close_fds()
-        if sess.workdir is not None:
-            remove_tree(sess.workdir)
-        if sess.uid is not None and self._uids is not None:
+        try:
+            if sess.pid and sess.generation == self._server.generation:
+                with contextlib.suppress(SandboxError):
+                    request = {"op": "kill", "pid": sess.pid, "grace_s": grace_s}
+                    info = self._server.request(request)
+            self._kill_leftovers(sess)
+            # After a call on it has returned (it does once the process is dead): its
+            # descriptors are never closed, and their numbers reused, under a live call.
+            with sess.lock:
+                sess.close_fds()
             if sess.workdir is not None:
-                remove_leftovers(sess.uid)
-            self._uids.release(sess.uid)
+                remove_tree(sess.workdir)
+            if sess.uid is not None and self._uids is not None:
+                if sess.workdir is not None:
+                    remove_leftovers(sess.uid)
+                self._uids.release(sess.uid)
+        except Exception:  # never raised into a caller; what is left is logged
+            LOG.exception("sandbox could not clean up session %r", sess.name)
         return info
 
     def _kill_leftovers(self, sess: Session) -> None:
