@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from submission.commands.fidelity import read_blocks, replay_generations, summarize
+from submission.config import SandboxConfig
 from submission.mismatch import KINDS, classify_mismatch
 from submission.sandbox import Sandbox
 
@@ -63,7 +64,7 @@ def test_every_recorded_block_is_reproduced(shared_data: Path) -> None:
     generations = [
         blocks for name in TORA_FILES for blocks in read_blocks(shared_data / "transcripts" / name)
     ]
-    with Sandbox(spare_sessions=2) as sandbox:
+    with Sandbox(SandboxConfig(spare_sessions=2)) as sandbox:
         outcomes = asyncio.run(replay_generations(sandbox, generations, 3.0, 2))
     summary = summarize(outcomes)
     assert summary["blocks"] == sum(len(blocks) for blocks in generations)

@@ -83,7 +83,10 @@ async def replay_generations(
             try:
                 for block in blocks:
                     result = await sandbox.arun(block.code, session=session, timeout=timeout)
-                    kind = classify_mismatch(result.output, block.recorded)
+                    # The sandbox reports a timeout by its status; what the model is told
+                    # is the TIR loop's to word: compare as the same error, told differently.
+                    shown = "TimeoutError\n" if result.status == "timeout" else result.output
+                    kind = classify_mismatch(shown, block.recorded)
                     outcomes.append(Outcome(block, result.output, result.status, kind))
             finally:
                 sandbox.close_session(session)

@@ -80,7 +80,8 @@ class ForkServerClient:
             for attempt in (1, 2):
                 try:
                     self._read_hello()
-                    assert self._channel is not None
+                    if self._channel is None:
+                        raise OSError("fork server is not running")
                     protocol.send(self._channel, request, fds)
                     reply, _ = protocol.recv(self._channel)
                     return reply
