@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from submission.config import SandboxConfig, load_config
 from submission.sandbox import ExecResult, Sandbox
+from submission.sandbox.cleanup import UidLeases, remove_tree
 
 MAX_CHARS = 200
 LIMITS = SandboxConfig(
@@ -640,3 +641,96 @@ def test_generated_cells_never_break_the_session(sandbox: Sandbox, cells: list[s
 def test_result_output_is_stdout_then_stderr() -> None:
     result = ExecResult("out\n", "err\n", "ok", 0.0)
     assert result.output == "out\nerr\n"
+
+
+# -- weaker machines: each guard off in turn ----------------------------------------------
+
+FALLBACKS = {
+    "no namespaces": {"use_namespaces": False},
+    "no cgroups": {"use_cgroups": False},
+    "rlimits and a shared uid only": {
+        "use_namespaces": False,
+        "use_cgroups": False,
+        "first_session_uid": 0,
+    },
+}
+LITTER = (
+    "import os, subprocess\n"
+    "def deep(root, depth):\n"
+    "    os.makedirs(root, exist_ok=True)\n"
+    "    here = os.open(root, os.O_RDONLY)\n"
+    "    for _ in range(depth):\n"
+    "        os.mkdir('d', dir_fd=here)\n"
+    "        nxt = os.open('d', os.O_RDONLY, dir_fd=here)\n"
+    "        os.close(here)\n"
+    "        here = nxt\n"
+    "deep('tree', 1600)\n"
+    "deep('/tmp/aimo-fallback-{tag}', 1600)\n"
+    "subprocess.Popen(['setsid', 'sleep', '300'])"
+)
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="the guards need root")
+@pytest.mark.parametrize("name", FALLBACKS)
+def test_each_fallback_still_keeps_the_promise(name: str) -> None:
+    tag = re.sub(r"\W", "-", name)
+    with Sandbox(dataclasses.replace(LIMITS, **FALLBACKS[name])) as sb:
+        guards = sb.guards()
+        litter = sb.run(LITTER.replace("{tag}", tag), session="litter", timeout=30)
+        assert litter.status == "ok", litter
+        sb.run("kept = 3", session="restore")
+        crash = sb.run("import os\nos._exit(1)", session="restore")
+        assert (crash.status, crash.state) == ("crashed", "restored")
+        after = sb.run("print(kept)", session="restore")
+        assert (after.status, after.stdout) == ("ok", "3\n")
+        sb.close_session("litter")
+        assert eventually(
+            lambda: (
+                not [
+                    p
+                    for p in psutil.process_iter(["cmdline"])
+                    if p.info["cmdline"] == ["sleep", "300"]
+                ]
+            )
+        )
+    left = f"/tmp/aimo-fallback-{tag}"
+    if FALLBACKS[name].get("first_session_uid") == 0:
+        # Known limit: with one uid for all, nothing tells whose files these are.
+        assert os.path.exists(left)
+        remove_tree(left)  # 1,600 levels: no recursion, no PATH_MAX
+    assert not os.path.exists(left)
+    assert guards["namespaces"].startswith("off") == (
+        not FALLBACKS[name].get("use_namespaces", True)
+    )
+    assert guards["memory and processes"].startswith("rlimits") == (
+        not FALLBACKS[name].get("use_cgroups", True)
+    )
+
+
+def test_remove_tree_never_follows_links_and_survives_unreadable_folders(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("x")
+    root = tmp_path / "victim"
+    (root / "a" / "b").mkdir(parents=True)
+    (root / "a" / "link-dir").symlink_to(precious)
+    (root / "link-file").symlink_to(precious / "keep.txt")
+    (root / "a" / "b" / "f").write_text("y")
+    os.chmod(root / "a" / "b", 0)
+    remove_tree(str(root))
+    assert not root.exists()
+    assert (precious / "keep.txt").read_text() == "x"
+    link = tmp_path / "top-link"
+    link.symlink_to(precious)
+    remove_tree(str(link))
+    assert not link.exists() and precious.is_dir()
+
+
+def test_uid_leases_are_exclusive_across_holders(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    first, second = UidLeases(64500, str(tmp_path)), UidLeases(64500, str(tmp_path))
+    taken = [first.take(False), second.take(False), first.take(False)]
+    assert len(set(taken)) == 3 and min(taken) == 64500
+    first.release(taken[0])
+    assert second.take(False) == taken[0]
+    first.close()
+    second.close()
