@@ -4,8 +4,10 @@ Anchors, run in the same process on the same snippets: (a) a fresh `python -c`
 per call with a math/numpy/sympy prelude (the AIMO-2 runner-up's approach; a
 stateful sequence is replayed from its first cell each call), (b) one Jupyter
 kernel driven by `jupyter_client` (the AIMO-3 top harnesses' approach).
-Also measured: a new session's latency, how late a timed-out call comes back,
-and many sessions at once.
+Also measured: a new session's latency, how late a timed-out call comes back
+(the interrupt lands; the interrupt does not land and the session is killed and
+restored; a crash and its restore), many sessions at once, and what the guards
+(cgroups, namespaces) cost: the same measures without them, in the same run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from rich.console import Console
 
-from submission.config import add_config_arguments, config_from_args
+from submission.config import Config, add_config_arguments, config_from_args
 from submission.sandbox.sandbox import Sandbox
 
 SNIPPETS: dict[str, list[str]] = {
@@ -58,13 +60,8 @@ def run(args: argparse.Namespace) -> int:
                 "python_c_ms": _p50_ms(_python_c(cells), args.anchor_reps),
             }
         results["sandbox"] = _sandbox_numbers(sandbox, args)
-    cold_config = copy.deepcopy(config)
-    cold_config.sandbox.spare_sessions = 0  # a new session forked on demand
-    with Sandbox.from_config(cold_config) as cold:
-        cold.run("pass", session="warm-up")
-        results["sandbox"]["new_session_fork_p50_ms"] = _p50_ms(
-            _new_session(cold), args.anchor_reps * 4
-        )
+    results["sandbox"]["new_session_fork_p50_ms"] = _fork_p50_ms(config, args.anchor_reps * 4)
+    results["guards"] = _guards_cost(config, args)
     if not args.no_jupyter:
         _jupyter(results, args.kernel_reps)
     if args.json:
@@ -118,12 +115,7 @@ def _new_session(sandbox: Sandbox) -> Callable[[], float]:
 def _sandbox_numbers(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, Any]:
     numbers: dict[str, Any] = {}
     numbers["new_session_spare_p50_ms"] = _p50_ms(_new_session(sandbox), args.anchor_reps * 4)
-    late = []
-    for _ in range(5):
-        result = sandbox.run("while True: pass", session="bench-timeout", timeout=0.2)
-        late.append((result.seconds - 0.2) * 1000)
-    numbers["timeout_return_late_p50_ms"] = round(statistics.median(late), 2)
-    numbers["timeout_return_late_max_ms"] = round(max(late), 2)
+    numbers.update(_timeout_paths(sandbox))
 
     async def many() -> list[str]:
         calls = [
@@ -138,6 +130,64 @@ def _sandbox_numbers(sandbox: Sandbox, args: argparse.Namespace) -> dict[str, An
     numbers["concurrent_all_ok"] = all(s == "ok" for s in statuses)
     numbers["concurrent_wall_s_for_0.5s_sleeps"] = round(time.perf_counter() - start, 3)
     return numbers
+
+
+HISTORY = ("a = 12", "import sympy\nb = sympy.factorint(a * 360)", "def f(x):\n    return x + a")
+STUBBORN = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+
+
+def _timeout_paths(sandbox: Sandbox, reps: int = 7, timeout: float = 0.2) -> dict[str, Any]:
+    """How late a timed-out call returns: the interrupt lands; it does not (kill, then
+    restore the three cells before it); and a crash's call (restore included)."""
+    late: dict[str, list[float]] = {"interrupt": [], "kill_restore": [], "crash_restore": []}
+    states = set()
+    for rep in range(reps):
+        session = f"bench-timeout-{rep}"
+        for cell in HISTORY:
+            sandbox.run(cell, session=session)
+        landed = sandbox.run("while True: pass", session=session, timeout=timeout)
+        killed = sandbox.run(STUBBORN, session=session, timeout=timeout)
+        crashed = sandbox.run("import os\nos._exit(1)", session=session)
+        late["interrupt"].append((landed.seconds - timeout) * 1000)
+        late["kill_restore"].append((killed.seconds - timeout) * 1000)
+        late["crash_restore"].append(crashed.seconds * 1000)
+        states |= {f"{r.status}/{r.state}" for r in (landed, killed, crashed)}
+        sandbox.close_session(session)
+    grace_ms = sandbox.config.interrupt_grace_s * 1000
+    numbers: dict[str, Any] = {}
+    for path, values in late.items():
+        numbers[f"{path}_late_p50_ms"] = round(statistics.median(values), 2)
+        numbers[f"{path}_late_max_ms"] = round(max(values), 2)
+    numbers["kill_restore_minus_grace_p50_ms"] = round(
+        statistics.median(late["kill_restore"]) - grace_ms, 2
+    )
+    numbers["timeout_paths_ended"] = sorted(states)
+    return numbers
+
+
+def _fork_p50_ms(config: Config, reps: int) -> float:
+    cold_config = copy.deepcopy(config)
+    cold_config.sandbox.spare_sessions = 0  # a new session forked on demand
+    with Sandbox.from_config(cold_config) as cold:
+        cold.run("pass", session="warm-up")
+        return _p50_ms(_new_session(cold), reps)
+
+
+def _guards_cost(config: Config, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """The same measures with every guard this machine offers, and without cgroups and
+    namespaces (the sandbox before issue 11: rlimits and a uid per session)."""
+    rows = {}
+    for label, enabled in (("all guards", True), ("without cgroups, namespaces", False)):
+        variant = copy.deepcopy(config)
+        variant.sandbox.use_cgroups = variant.sandbox.use_namespaces = enabled
+        with Sandbox.from_config(variant) as sandbox:
+            sandbox.run("pass", session="warm-up")
+            rows[label] = {
+                "call_p50_ms": _p50_ms(_ours(sandbox, SNIPPETS["trivial print"]), args.reps),
+                "new_session_spare_p50_ms": _p50_ms(_new_session(sandbox), args.anchor_reps * 4),
+            }
+        rows[label]["new_session_fork_p50_ms"] = _fork_p50_ms(variant, args.anchor_reps * 4)
+    return rows
 
 
 def _jupyter(results: dict[str, Any], reps: int) -> None:
@@ -191,3 +241,10 @@ def _print_tables(results: dict[str, Any]) -> None:
     for key, value in results["sandbox"].items():
         numbers.add_row(key, str(value))
     console.print(numbers)
+    guards = Table(title="sandbox: what the guards cost (p50 ms, same run)")
+    guards.add_column("measure")
+    for label in results["guards"]:
+        guards.add_column(label, justify="right")
+    for measure in next(iter(results["guards"].values())):
+        guards.add_row(measure, *(f"{row[measure]:.3f}" for row in results["guards"].values()))
+    console.print(guards)

@@ -34,6 +34,9 @@ class UidLeases:
         self.lock_dir = lock_dir or _lock_dir()
         os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
         self._held: dict[int, int] = {}  # uid -> descriptor holding its lock
+        # Uids this holder has cleared once: it killed their processes itself when it
+        # gave them back, so taking them again needs no scan of every process.
+        self._cleared: set[int] = set()
 
     def take(self, clear_shared_tmp: bool) -> int:
         for uid in range(self.first, self.first + _LEASE_RANGE):
@@ -47,9 +50,11 @@ class UidLeases:
                 os.close(fd)
                 continue
             self._held[uid] = fd
-            kill_uid(uid)  # stragglers of an earlier holder that died without cleaning up
-            if clear_shared_tmp:
-                remove_leftovers(uid)
+            if uid not in self._cleared:  # stragglers of a holder that died uncleanly
+                kill_uid(uid)
+                if clear_shared_tmp:
+                    remove_leftovers(uid)
+                self._cleared.add(uid)
             return uid
         raise OSError(f"no free session uid in {self.first}..{self.first + _LEASE_RANGE}")
 

@@ -126,6 +126,7 @@ class Sandbox:
         stdout, stdout_cut = call.stdout.text()
         stderr, stderr_cut = call.stderr.text()
         seconds = time.monotonic() - start
+        self._refill_spares()
         return ExecResult(stdout, stderr, status, seconds, state, stdout_cut or stderr_cut)
 
     async def arun(self, code: str, session: str = "default", timeout: float = 10.0) -> ExecResult:
@@ -245,8 +246,7 @@ class Sandbox:
             if sess is not None:
                 sess.name = name
                 self._sessions[name] = sess
-        self._refill_spares()
-        if sess is not None:
+        if sess is not None:  # refilled after the call (`_run`): a fork now would slow it
             return sess
         sess = self._spawn(name)
         with self._sessions_lock:
