@@ -36,6 +36,7 @@ LIMITS = SandboxConfig(
     max_processes=32,
     max_capture_chars=MAX_CHARS,
     spare_sessions=0,
+    first_session_uid=62000,  # apart from other suites' sandboxes on a shared machine
 )
 AS_ROOT = os.geteuid() == 0
 
@@ -200,7 +201,7 @@ def test_session_environment_is_isolated(sandbox: Sandbox) -> None:
         del os.environ["AIMO_TEST_SECRET"]
 
 
-FIRST_SESSION_UID = load_config().sandbox.first_session_uid
+FIRST_SESSION_UID = LIMITS.first_session_uid
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="the privilege drop happens only when run as root")

@@ -28,7 +28,7 @@ EXPECTED_END = {
 
 @pytest.fixture(scope="module")
 def summary() -> Iterator[dict[str, dict[str, object]]]:
-    with Sandbox(SandboxConfig(spare_sessions=2)) as sandbox:
+    with Sandbox(SandboxConfig(spare_sessions=2, first_session_uid=63000)) as sandbox:
         outcomes = asyncio.run(run_sequences(sandbox, sequences(SEQUENCES), TIMEOUT_S, 4))
     yield summarize(outcomes)
 
