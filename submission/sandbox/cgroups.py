@@ -38,6 +38,7 @@ class SessionCgroups:
         bases: dict[str, str] = {}
         try:
             for controller in CONTROLLERS:
+                _remove_stale(_own_folder(controller))
                 base = os.path.join(_own_folder(controller), f"aimo-sandbox-{tag}")
                 os.makedirs(base, exist_ok=True)
                 bases[controller] = base
@@ -111,6 +112,22 @@ def _own_folder(controller: str) -> str:
                 own = os.path.join(mount, path.lstrip("/"))
                 return own if os.path.isdir(own) else mount
     return mount
+
+
+def _remove_stale(parent: str) -> None:
+    """Folders of Sandboxes whose process died without closing: kill what is left in
+    their sessions' folders and remove them (tags start with the owner's pid)."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(parent):
+            owner = entry.name.removeprefix("aimo-sandbox-").split("-")[0]
+            if entry.name == owner or not owner.isdigit() or os.path.exists(f"/proc/{owner}"):
+                continue
+            sessions = [f.path for f in os.scandir(entry.path) if f.is_dir()]
+            for folder in sessions:
+                for pid in _procs(folder):
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+            _rmdir_all([*sessions, entry.path])
 
 
 def _write(folder: str, name: str, value: str) -> None:
