@@ -16,6 +16,7 @@ from submission.sandbox import protocol
 from submission.sandbox.result import BoundedCapture
 
 _READ_CHUNK = 1 << 16
+_DRAIN_READS = 16
 # A session's reply is a few bytes; more is a forged message, not worth buffering.
 MAX_REPLY_BYTES = 4096
 REPLY_STATUSES = ("ok", "error", "interrupted")
@@ -133,8 +134,9 @@ class Call:
 
 
 def drain(fd: int, capture: BoundedCapture | None) -> bool:
-    """Read everything available now; False once the pipe is closed."""
-    while True:
+    """Read what is available now, at most _DRAIN_READS chunks (a writer that never stops
+    must not keep a call from seeing its deadline); False once the pipe is closed."""
+    for _ in range(_DRAIN_READS):
         try:
             data = os.read(fd, _READ_CHUNK)
         except BlockingIOError:
@@ -147,3 +149,4 @@ def drain(fd: int, capture: BoundedCapture | None) -> bool:
             return False
         if capture is not None:
             capture.feed(data)
+    return True
