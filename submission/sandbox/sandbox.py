@@ -246,7 +246,10 @@ class Sandbox:
             if sess is not None:
                 sess.name = name
                 self._sessions[name] = sess
-        if sess is not None:  # refilled after the call (`_run`): a fork now would slow it
+            empty = not self._spares
+        if empty:  # a burst of new sessions: refill now; else after the call (`_run`),
+            self._refill_spares()  # as a fork during it would slow it
+        if sess is not None:
             return sess
         sess = self._spawn(name)
         with self._sessions_lock:
