@@ -1,5 +1,5 @@
 """A timeout keeps the session: generated multi-turn sequences with a slow or crashing cell
-in the middle (submission/sandbox/statecheck.py), each path checked on its own.
+in the middle (submission.bench.state_after_timeout.py), each path checked on its own.
 
 Issue 10's target: later cells see every earlier variable in >= 99 % of the sequences,
 both when the interrupt lands and when the process must be killed and restored.
@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from submission.bench.state_after_timeout import PATHS, run_sequences, sequences, summarize
 from submission.config import SandboxConfig
 from submission.sandbox import Sandbox
-from submission.sandbox.statecheck import PATHS, run_sequences, sequences, summarize
 
 SEQUENCES = 120  # 40 per path
 TIMEOUT_S = 0.3

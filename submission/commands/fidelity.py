@@ -3,7 +3,10 @@
 Every ```python block that a transcript follows with an ```output block is run
 through the sandbox (each generation's blocks in one session, in order) and
 our output is compared with the recorded one by `classify_mismatch`, which the
-TIR loop also uses to classify replay divergences.
+TIR loop also uses to classify replay divergences. Then the state after a
+timeout: generated multi-turn sequences with a slow or crashing cell in the
+middle (submission/bench/state_after_timeout.py), and the share whose later
+cells still see every earlier variable, per path (interrupt, restore, crash).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from submission.bench import state_after_timeout
 from submission.config import PACKAGE_DATA, add_config_arguments, config_from_args
 from submission.mismatch import KINDS, MismatchKind, classify_mismatch
 
@@ -118,6 +122,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=0, help="generations per file (0 = all)")
     parser.add_argument("--concurrency", type=int, default=4, help="sessions at once")
     parser.add_argument("--show", type=int, default=5, help="mismatches to print per kind")
+    parser.add_argument(
+        "--sequences", type=int, default=120, help="state-after-timeout sequences (0 = none)"
+    )
+    parser.add_argument(
+        "--sequence-timeout", type=float, default=0.3, help="the slow cell's timeout (s)"
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
@@ -136,13 +146,19 @@ def run(args: argparse.Namespace) -> int:
         file_generations = list(read_blocks(path))
         generations += file_generations[: args.limit] if args.limit else file_generations
     started = time.monotonic()
+    concurrency = max(1, args.concurrency)
     with Sandbox.from_config(config) as sandbox:
         outcomes = asyncio.run(
-            replay_generations(
-                sandbox, generations, config.tir.code_timeout_s, max(1, args.concurrency)
+            replay_generations(sandbox, generations, config.tir.code_timeout_s, concurrency)
+        )
+        sequences = state_after_timeout.sequences(args.sequences)
+        state = asyncio.run(
+            state_after_timeout.run_sequences(
+                sandbox, sequences, args.sequence_timeout, concurrency
             )
         )
     summary = summarize(outcomes)
+    summary["state_after_timeout"] = state_after_timeout.summarize(state)
     summary["seconds"] = round(time.monotonic() - started, 2)
     console = Console()
     if args.json:
@@ -157,6 +173,13 @@ def run(args: argparse.Namespace) -> int:
         table.add_row(kind, str(count), f"{count / max(1, len(outcomes)):.2%}")
     console.print(table)
     console.print(f"match rate {summary['match_rate']:.2%} in {summary['seconds']} s")
+    for path, row in summary["state_after_timeout"].items():  # type: ignore[union-attr]
+        console.print(
+            f"state after timeout, {path} path: later cells saw every earlier variable in "
+            f"{row['intact_rate']:.1%} of {row['sequences']} sequences "
+            f"(slow cell ended {row['slow_cell_ended']})",
+            highlight=False,
+        )
     shown = collections.Counter[str]()
     for outcome in outcomes:
         if outcome.kind != "match" and shown[outcome.kind] < args.show:

@@ -18,7 +18,7 @@ import os
 import signal
 import time
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 CGROUP_V1 = "/sys/fs/cgroup"
 CONTROLLERS = ("memory", "pids")
 _KILL_ROUNDS = 50
@@ -43,7 +43,7 @@ class SessionCgroups:
                 os.makedirs(base, exist_ok=True)
                 bases[controller] = base
         except OSError as exc:
-            LOG.info("no cgroups for the sandbox (%s)", exc)
+            log.info("no cgroups for the sandbox (%s)", exc)
             for base in bases.values():
                 with contextlib.suppress(OSError):
                     os.rmdir(base)

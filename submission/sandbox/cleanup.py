@@ -14,7 +14,7 @@ import signal
 import stat
 import tempfile
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 # World-writable folders where a session without a private /tmp may leave files.
 SHARED_TMP = ("/tmp", "/dev/shm", "/var/tmp", "/run/lock")
 _LEASE_RANGE = 10_000

@@ -39,7 +39,8 @@ import psutil
 
 from submission.sandbox import protocol, repl, session_setup
 
-LOG = logging.getLogger("submission.sandbox.forkserver")
+# Named, not __name__: this module also runs as the fork server's __main__.
+log = logging.getLogger("submission.sandbox.forkserver")
 _REAP_INTERVAL_S = 0.005
 
 
@@ -52,7 +53,7 @@ def main() -> None:
     display = repl.display_formatter()
     user = settings.get("user")  # [uid, gid] to drop to, or None
     if user is not None and not session_setup.can_drop(user):
-        LOG.warning("cannot switch to uid %s here; sessions run as this user", user[0])
+        log.warning("cannot switch to uid %s here; sessions run as this user", user[0])
         user = None
     probe_uid = settings.get("probe_uid")
     own_uids = bool(user is not None and probe_uid and session_setup.can_drop([probe_uid, user[1]]))
@@ -154,7 +155,7 @@ def _preload(modules: list[str]) -> list[str]:
         try:
             importlib.import_module(name)
         except Exception as exc:  # any import failure only costs warmth
-            LOG.warning("cannot preload %s: %s", name, exc)
+            log.warning("cannot preload %s: %s", name, exc)
             failed.append(name)
     return failed
 

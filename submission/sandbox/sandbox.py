@@ -35,7 +35,7 @@ from submission.sandbox.session import Call, Session
 if TYPE_CHECKING:
     from submission.config import Config
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 _MB = 1024 * 1024
 _NOBODY_ID = 65534
 # Signals that mean "a limit or someone stopped it" rather than "it broke".
@@ -95,7 +95,7 @@ class Sandbox:
         try:
             return self._run(code, session, timeout, start)
         except Exception as exc:  # the machinery's own failure: the caller gets a result
-            LOG.exception("sandbox call in session %r failed", session)
+            log.exception("sandbox call in session %r failed", session)
             with contextlib.suppress(Exception):
                 self.close_session(session)
             seconds = time.monotonic() - start
@@ -110,7 +110,7 @@ class Sandbox:
                 state = self._restore(sess)
                 sess = self._session(session)
         except SandboxError as exc:
-            LOG.error("sandbox cannot start session %r: %s", session, exc)
+            log.error("sandbox cannot start session %r: %s", session, exc)
             return ExecResult(
                 "", f"SandboxError: {exc}\n", "crashed", time.monotonic() - start, "lost"
             )
@@ -273,7 +273,7 @@ class Sandbox:
                         raise SandboxError("a re-run cell did not succeed")
                 new.history.append(code)
         except SandboxError as exc:
-            LOG.info("sandbox session %r not restored: %s", old.name, exc)
+            log.info("sandbox session %r not restored: %s", old.name, exc)
             with self._sessions_lock:
                 new = self._sessions.get(old.name)  # type: ignore[assignment]
             if new is not None:
@@ -305,7 +305,7 @@ class Sandbox:
                     return
         except SandboxError as exc:
             if not self._closed:  # a refill racing close() fails by design: no news
-                LOG.warning("sandbox could not prepare a spare session: %s", exc)
+                log.warning("sandbox could not prepare a spare session: %s", exc)
         finally:
             with self._sessions_lock:
                 self._refilling = False
@@ -315,7 +315,7 @@ class Sandbox:
         hello = self._server.ready()
         if not self._guards_logged:
             self._guards_logged = True
-            LOG.info("sandbox guards: %s", "; ".join(f"{k}: {v}" for k, v in self.guards().items()))
+            log.info("sandbox guards: %s", "; ".join(f"{k}: {v}" for k, v in self.guards().items()))
         generation = self._server.generation
         uid = cgroups = workdir = None
         channels = socket.socketpair()
@@ -391,7 +391,7 @@ class Sandbox:
                     remove_leftovers(sess.uid)
                 self._uids.release(sess.uid)
         except Exception:  # never raised into a caller; what is left is logged
-            LOG.exception("sandbox could not clean up session %r", sess.name)
+            log.exception("sandbox could not clean up session %r", sess.name)
         return info
 
     def _kill_leftovers(self, sess: Session) -> None:
@@ -427,7 +427,7 @@ def _unprivileged_ids(user: str) -> tuple[int, int] | None:
         entry = pwd.getpwnam(user)
     except KeyError:
         # A user needs no passwd entry to exist: fall back to nobody's usual ids.
-        LOG.warning("sandbox user %r does not exist; using uid/gid %d", user, _NOBODY_ID)
+        log.warning("sandbox user %r does not exist; using uid/gid %d", user, _NOBODY_ID)
         return _NOBODY_ID, _NOBODY_ID
     return entry.pw_uid, entry.pw_gid
 

@@ -18,7 +18,7 @@ from typing import Any
 from submission.config import SandboxConfig
 from submission.sandbox import protocol
 
-LOG = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 # The server never blocks for long; silence this long means it is stuck.
 _SERVER_TIMEOUT_S = 120.0
 # Set for every session whatever the harness has: no GPU, single-threaded BLAS
@@ -88,7 +88,7 @@ class ForkServerClient:
                 except (OSError, protocol.ProtocolError) as exc:
                     if attempt == 2 or self.closed:
                         raise SandboxError(f"fork server failed: {exc}") from exc
-                    LOG.warning("sandbox fork server failed (%s); starting a new one", exc)
+                    log.warning("sandbox fork server failed (%s); starting a new one", exc)
                     self._stop()
                     self._start()
                     self._on_replaced(self.generation - 1)
@@ -100,7 +100,7 @@ class ForkServerClient:
         with self._lock:
             if self.closed or self._process is None or self._process.poll() is None:
                 return
-            LOG.warning("sandbox fork server died; starting a new one")
+            log.warning("sandbox fork server died; starting a new one")
             self._stop()
             self._start()
             self._on_replaced(self.generation - 1)
@@ -137,7 +137,7 @@ class ForkServerClient:
             raise OSError("fork server is not running")
         hello, _ = protocol.recv(self._channel)
         if hello.get("failed_preloads"):
-            LOG.warning("sandbox could not preload %s", hello["failed_preloads"])
+            log.warning("sandbox could not preload %s", hello["failed_preloads"])
         self.hello = hello
 
     def _stop(self) -> None:

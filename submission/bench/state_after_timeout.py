@@ -122,7 +122,7 @@ async def run_sequences(
     gate = asyncio.Semaphore(concurrency)
 
     async def one(number: int, sequence: Sequence) -> Outcome:
-        session = f"statecheck-{number}"
+        session = f"state-after-timeout-{number}"
         async with gate:
             try:
                 for code in sequence.before:
