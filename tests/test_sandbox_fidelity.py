@@ -77,3 +77,17 @@ def test_every_recorded_block_is_reproduced(shared_data: Path) -> None:
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_kind_is_documented(kind: str) -> None:
     assert f"``{kind}``" in (classify_mismatch.__doc__ or "")
+
+
+def test_the_command_reports_both_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    """`fidelity --json` on the embedded samples: the match rate and the state after a
+    timeout, per path."""
+    from submission.__main__ import main
+
+    argv = ["fidelity", "--limit", "3", "--sequences", "6", "--json"]
+    assert main([*argv, "--set", "sandbox.first_session_uid=63800"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["blocks"] > 0 and report["match_rate"] >= 0.97
+    state = report["state_after_timeout"]
+    assert set(state) == {"interrupt", "restore", "crash"}
+    assert all(row["sequences"] == 2 and row["intact_rate"] == 1.0 for row in state.values())
