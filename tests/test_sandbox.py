@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import os
 import pwd
@@ -667,8 +668,15 @@ LITTER = (
     "        here = nxt\n"
     "deep('tree', 1600)\n"
     "deep('/tmp/aimo-fallback-{tag}', 1600)\n"
-    "subprocess.Popen(['setsid', 'sleep', '300'])"
+    "subprocess.Popen(['setsid', 'sleep', '300'])\n"
+    "import ctypes\n"
+    "print(ctypes.CDLL(None).shmget(0, 4096, 0o1600))"  # IPC_PRIVATE, IPC_CREAT | 0600
 )
+
+
+def shm_ids() -> set[int]:
+    with open("/proc/sysvipc/shm") as file:
+        return {int(line.split()[1]) for line in file.readlines()[1:]}
 
 
 @pytest.mark.skipif(not AS_ROOT, reason="the guards need root")
@@ -679,6 +687,10 @@ def test_each_fallback_still_keeps_the_promise(name: str) -> None:
         guards = sb.guards()
         litter = sb.run(LITTER.replace("{tag}", tag), session="litter", timeout=30)
         assert litter.status == "ok", litter
+        segment = int(litter.stdout)
+        assert segment >= 0
+        if guards["namespaces"].startswith("off"):  # else its id is its namespace's own
+            assert segment in shm_ids()  # the host's, until the session is cleaned up
         sb.run("kept = 3", session="restore")
         crash = sb.run("import os\nos._exit(1)", session="restore")
         assert (crash.status, crash.state) == ("crashed", "restored")
@@ -697,8 +709,11 @@ def test_each_fallback_still_keeps_the_promise(name: str) -> None:
     left = f"/tmp/aimo-fallback-{tag}"
     if FALLBACKS[name].get("first_session_uid") == 0:
         # Known limit: with one uid for all, nothing tells whose files these are.
-        assert os.path.exists(left)
+        assert os.path.exists(left) and segment in shm_ids()
         remove_tree(left)  # 1,600 levels: no recursion, no PATH_MAX
+        ctypes.CDLL(None).shmctl(segment, 0, None)  # IPC_RMID
+    elif guards["namespaces"].startswith("off"):
+        assert segment not in shm_ids()
     assert not os.path.exists(left)
     assert guards["namespaces"].startswith("off") == (
         not FALLBACKS[name].get("use_namespaces", True)

@@ -7,6 +7,7 @@ Everything here runs in the harness and never raises for what a session left beh
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import logging
 import os
@@ -54,6 +55,7 @@ class UidLeases:
                 kill_uid(uid)
                 if clear_shared_tmp:
                     remove_leftovers(uid)
+                    remove_ipc(uid)
                 self._cleared.add(uid)
             return uid
         raise OSError(f"no free session uid in {self.first}..{self.first + _LEASE_RANGE}")
@@ -186,3 +188,32 @@ def remove_leftovers(uid: int, folders: tuple[str, ...] = SHARED_TMP) -> None:
             else:
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
+
+
+# /proc/sysvipc file -> the libc call that removes one of its objects by id.
+_IPC_RMID = 0
+_SYSV_IPC = {"shm": "shmctl", "sem": "semctl", "msg": "msgctl"}
+
+
+def remove_ipc(uid: int) -> None:
+    """Remove the SysV shared memory segments, semaphore sets and message queues that
+    `uid` owns or created (without a private IPC namespace they outlive the session)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for kind, call in _SYSV_IPC.items():
+        try:
+            with open(f"/proc/sysvipc/{kind}") as file:
+                header = file.readline().split()
+                rows = [dict(zip(header, line.split(), strict=False)) for line in file]
+        except OSError:
+            continue
+        for row in rows:
+            try:
+                owners = {int(row["uid"]), int(row["cuid"])}
+                ident = int(row[f"{kind}id"] if kind != "msg" else row["msqid"])
+            except (KeyError, ValueError):
+                continue
+            if uid in owners:
+                if kind == "sem":
+                    getattr(libc, call)(ident, 0, _IPC_RMID)
+                else:
+                    getattr(libc, call)(ident, _IPC_RMID, None)

@@ -27,7 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from submission.config import SandboxConfig
 from submission.sandbox.cgroups import SessionCgroups
-from submission.sandbox.cleanup import UidLeases, kill_uid, remove_leftovers, remove_tree
+from submission.sandbox.cleanup import (
+    UidLeases,
+    kill_uid,
+    remove_ipc,
+    remove_leftovers,
+    remove_tree,
+)
 from submission.sandbox.result import ExecResult, State, Status
 from submission.sandbox.server import ForkServerClient, SandboxError
 from submission.sandbox.session import Call, Session
@@ -387,8 +393,9 @@ class Sandbox:
             if sess.workdir is not None:
                 remove_tree(sess.workdir)
             if sess.uid is not None and self._uids is not None:
-                if sess.workdir is not None:
+                if sess.workdir is not None:  # no private /tmp or IPC namespace
                     remove_leftovers(sess.uid)
+                    remove_ipc(sess.uid)
                 self._uids.release(sess.uid)
         except Exception:  # never raised into a caller; what is left is logged
             log.exception("sandbox could not clean up session %r", sess.name)
