@@ -6,7 +6,8 @@ harness's secrets. It serves requests on one socket from the harness, one at a t
 
 - ``spawn`` (with three descriptors: the session's channel, stdout and stderr
   pipe ends) forks a session process: new process group, its cgroups, private
-  mount (one tmpfs for /tmp and its kin), network and IPC namespaces where the
+  mount (one tmpfs for /tmp and its kin, an empty /run, a /proc showing only its
+  own processes), network and IPC namespaces where the
   machine allows them, resource limits, no GPU, its own uid when run as root;
 - ``interrupt`` sends SIGINT to a session (KeyboardInterrupt in its cell) and
   kills the processes the cell started;
@@ -57,7 +58,9 @@ def main() -> None:
         user = None
     probe_uid = settings.get("probe_uid")
     own_uids = bool(user is not None and probe_uid and session_setup.can_drop([probe_uid, user[1]]))
-    isolate = bool(settings.get("namespaces")) and session_setup.can_isolate()
+    isolate, private_proc = (
+        session_setup.can_isolate() if settings.get("namespaces") else (False, False)
+    )
     path_fds = session_setup.reachable_import_paths() if user is not None else {}
     session_setup.prctl(session_setup.PR_SET_CHILD_SUBREAPER, 1)
     # Sessions' garbage collections then skip the warm objects, which stay shared
@@ -66,7 +69,7 @@ def main() -> None:
     server = _Server(channel, display, path_fds, user, own_uids, isolate)
     hello = {"failed_preloads": failed, "user": user, "session_uids": own_uids}
     try:
-        protocol.send(channel, {**hello, "namespaces": isolate})
+        protocol.send(channel, {**hello, "namespaces": isolate, "private_proc": private_proc})
     except OSError:  # the harness closed the sandbox before it was ready
         return
     server.serve()

@@ -173,7 +173,8 @@ class Sandbox:
             "memory and processes": "cgroup v1 memory + pids per session"
             if self._cgroups
             else "rlimits per process only",
-            "namespaces": "private /tmp (tmpfs), no network, private IPC"
+            "namespaces": "private /tmp (tmpfs), empty /run, no network, private IPC"
+            + (", /proc of its own processes" if hello.get("private_proc") else "")
             if hello.get("namespaces")
             else "off: shared /tmp (cleaned by uid), network and IPC shared",
             "uid": uid,

@@ -24,6 +24,9 @@ PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWNS = 0x00020000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
 MS_BIND = 4096
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
@@ -81,17 +84,25 @@ def become_session(
     sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115 (fd 0 outlives it)
 
 
-def _isolate(disk_mb: int, user: list[int] | None) -> None:
+def _isolate(disk_mb: int, user: list[int] | None) -> bool:
     """Private mount, network and IPC namespaces: a fresh tmpfs of `disk_mb` for /tmp
     and its kin, owned by the session's user (gone with the session's last process),
-    no network interface up, SysV IPC objects and message queues of its own (gone
-    with it too)."""
+    an empty /run (host sockets such as docker's are out of reach), no network
+    interface up, SysV IPC objects and message queues of its own (gone with it too).
+    Then, where the machine allows, a /proc that shows only the session's own
+    processes (other command lines may hold secrets): True when it does."""
     _unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
     _mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None)
     options = f"size={disk_mb}m,mode=1777"
     if user is not None:
         options += f",uid={user[0]},gid={user[1]}"
     _mount(b"tmpfs", PRIVATE_TMP.encode(), b"tmpfs", 0, options.encode())
+    if os.path.isdir("/run"):
+        shm = os.path.realpath("/dev/shm")  # some images link it into /run
+        _mount(b"tmpfs", b"/run", b"tmpfs", 0, b"size=64k,mode=755")
+        for folder in ("/run/lock", shm):
+            if folder.startswith("/run/"):
+                os.makedirs(folder, exist_ok=True)
     for target, name in _BOUND_TMP.items():
         if not os.path.isdir(target):
             continue
@@ -99,19 +110,25 @@ def _isolate(disk_mb: int, user: list[int] | None) -> None:
         os.mkdir(source)
         os.chmod(source, 0o1777)
         _mount(source.encode(), target.encode(), None, MS_BIND, None)
+    try:  # a container that masks parts of /proc refuses a fresh one
+        _mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, b"hidepid=invisible")
+    except OSError:
+        return False
+    return True
 
 
-def can_isolate() -> bool:
-    """Whether this machine lets a forked child take private namespaces and mount a tmpfs."""
+def can_isolate() -> tuple[bool, bool]:
+    """Whether this machine lets a forked child take private namespaces and mount a
+    tmpfs; and whether it may also mount a /proc of its own."""
     pid = os.fork()
     if pid == 0:
         try:
-            _isolate(1, None)
+            os._exit(0 if _isolate(1, None) else 2)
         except OSError:
             os._exit(1)
-        os._exit(0)
     _, status = os.waitpid(pid, 0)
-    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+    return code in (0, 2), code == 0
 
 
 def _unshare(flags: int) -> None:
