@@ -1,5 +1,6 @@
-"""Clean-up that no session can turn against the harness: uid leases held host-wide,
-processes found by uid, and file trees removed without recursion or following links.
+"""Clean-up that no session can turn against the harness: the user and uids sessions run
+as (uids leased host-wide), processes found by uid, IPC objects by uid, and file trees
+removed without recursion or following links.
 
 Everything here runs in the harness and never raises for what a session left behind.
 """
@@ -11,6 +12,7 @@ import ctypes
 import fcntl
 import logging
 import os
+import pwd
 import signal
 import stat
 import tempfile
@@ -19,7 +21,32 @@ log = logging.getLogger(__name__)
 # World-writable folders where a session without a private /tmp may leave files.
 SHARED_TMP = ("/tmp", "/dev/shm", "/var/tmp", "/run/lock")
 _LEASE_RANGE = 10_000
+_NOBODY_ID = 65534
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def uid_leases(first: int) -> UidLeases | None:
+    """Host-wide uid leases from `first`; None when 0 or nowhere to keep the lock files."""
+    if not first:
+        return None
+    try:
+        return UidLeases(first)
+    except OSError as exc:
+        log.warning("sandbox sessions share one uid: no place for uid leases (%s)", exc)
+        return None
+
+
+def unprivileged_ids(user: str) -> tuple[int, int] | None:
+    """(uid, gid) to drop to, or None when not root or no user is configured."""
+    if not user or os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        # A user needs no passwd entry to exist: fall back to nobody's usual ids.
+        log.warning("sandbox user %r does not exist; using uid/gid %d", user, _NOBODY_ID)
+        return _NOBODY_ID, _NOBODY_ID
+    return entry.pw_uid, entry.pw_gid
 
 
 class UidLeases:

@@ -14,8 +14,8 @@ import contextlib
 import fcntl
 import functools
 import logging
+import math
 import os
-import pwd
 import signal
 import socket
 import tempfile
@@ -28,11 +28,12 @@ from typing import TYPE_CHECKING, Any
 from submission.config import SandboxConfig
 from submission.sandbox.cgroups import SessionCgroups
 from submission.sandbox.cleanup import (
-    UidLeases,
     kill_uid,
     remove_ipc,
     remove_leftovers,
     remove_tree,
+    uid_leases,
+    unprivileged_ids,
 )
 from submission.sandbox.result import ExecResult, State, Status
 from submission.sandbox.server import ForkServerClient, SandboxError
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 _MB = 1024 * 1024
-_NOBODY_ID = 65534
 # Signals that mean "a limit or someone stopped it" rather than "it broke".
 _KILL_SIGNALS = {signal.SIGKILL, signal.SIGXCPU, signal.SIGXFSZ}
 _WARM_UP_CELL = 'print(end="")'
@@ -64,12 +64,10 @@ class Sandbox:
             "RLIMIT_FSIZE": (config.file_size_mb * _MB, config.file_size_mb * _MB),
             "RLIMIT_NOFILE": (config.open_files, config.open_files),
         }
-        user = _unprivileged_ids(config.unprivileged_user)
+        user = unprivileged_ids(config.unprivileged_user)
         if user is not None:
             self._limits["RLIMIT_NPROC"] = (config.max_processes, config.max_processes)
-        self._uids = (
-            UidLeases(config.first_session_uid) if user and config.first_session_uid else None
-        )
+        self._uids = uid_leases(config.first_session_uid) if user else None
         self._cgroups = (
             SessionCgroups.create(f"{os.getpid()}-{id(self):x}")
             if (config.use_cgroups and os.geteuid() == 0)
@@ -97,6 +95,10 @@ class Sandbox:
         """Run `code` in the named session (created on first use); never raises for bad code."""
         if self._closed:
             raise SandboxError("sandbox is closed")
+        if not isinstance(code, str) or not isinstance(session, str):
+            raise TypeError("code and session must be str")
+        if not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         start = time.monotonic()
         try:
             return self._run(code, session, timeout, start)
@@ -425,19 +427,6 @@ class Sandbox:
             return self._server.request(request)
         except SandboxError:
             return {}
-
-
-def _unprivileged_ids(user: str) -> tuple[int, int] | None:
-    """(uid, gid) to drop to, or None when not root or no user is configured."""
-    if not user or os.geteuid() != 0:
-        return None
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        # A user needs no passwd entry to exist: fall back to nobody's usual ids.
-        log.warning("sandbox user %r does not exist; using uid/gid %d", user, _NOBODY_ID)
-        return _NOBODY_ID, _NOBODY_ID
-    return entry.pw_uid, entry.pw_gid
 
 
 def _death_status(info: dict[str, Any]) -> Status:
