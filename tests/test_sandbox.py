@@ -551,11 +551,11 @@ def test_adversarial_code_cannot_hurt_the_harness(sandbox: Sandbox, name: str) -
     assert result.status in statuses, result
     assert_bounded(result)
     sandbox.close_session(session)
-    assert eventually(lambda: tree(sandbox) == before), f"leaked: {tree(sandbox) - before}"
+    assert eventually(lambda: tree(sandbox) <= before), f"leaked: {tree(sandbox) - before}"
     fresh = sandbox.run("print(6 * 7)", session=f"{session}-next")
     assert (fresh.status, fresh.stdout) == ("ok", "42\n")
     sandbox.close_session(f"{session}-next")
-    assert eventually(lambda: tree(sandbox) == before), f"leaked: {tree(sandbox) - before}"
+    assert eventually(lambda: tree(sandbox) <= before), f"leaked: {tree(sandbox) - before}"
     assert psutil.Process().num_fds() == harness_fds
 
 
