@@ -123,8 +123,30 @@ def test_from_config_builds_the_sandbox_from_its_section() -> None:
     config = load_config(overrides=["sandbox.max_capture_chars=7", "sandbox.spare_sessions=0"])
     with Sandbox.from_config(config) as sb:
         result = sb.run("print('0123456789')", session="cfg")
-        assert sb.config is config.sandbox
+        assert sb.config.max_capture_chars == 7
     assert (result.stdout, result.truncated) == ("0123456", True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "warning_shown"),
+    [
+        (["prompt.code_tags=openmath"], False),  # the family's prelude filters warnings
+        (["prompt.code_tags=tora"], True),
+        (["prompt.code_tags=openmath", "sandbox.session_prelude=x = 1"], True),  # set: wins
+    ],
+)
+def test_the_session_prelude_is_the_model_familys_unless_set(
+    overrides: list[str], warning_shown: bool
+) -> None:
+    config = load_config(overrides=[*overrides, "sandbox.spare_sessions=1"])
+    config.sandbox.first_session_uid = LIMITS.first_session_uid
+    with Sandbox.from_config(config) as sb:
+        first = sb.run("import warnings\nwarnings.warn('careful')", session="prelude")
+        restored = sb.run("import os\nos._exit(1)", session="prelude")
+        again = sb.run("warnings.warn('careful again')", session="prelude")
+    assert (first.status, restored.state, again.status) == ("ok", "restored", "ok")
+    assert ("UserWarning" in first.stderr) == warning_shown
+    assert ("UserWarning" in again.stderr) == warning_shown  # re-run after the restore
 
 
 def test_an_interrupted_timeout_keeps_the_session(sandbox: Sandbox) -> None:

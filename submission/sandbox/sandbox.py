@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import functools
 import logging
@@ -86,8 +87,15 @@ class Sandbox:
 
     @classmethod
     def from_config(cls, config: Config) -> Sandbox:
-        """The sandbox of `config.sandbox`."""
-        return cls(config.sandbox)
+        """The sandbox of `config.sandbox`; an empty `session_prelude` there means the model
+        family's (`config.prompt.code_tags`: e.g. openmath filters warnings, as NeMo-Skills)."""
+        section = config.sandbox
+        if not section.session_prelude:
+            from submission.prompt import CODE_TAGS
+
+            prelude = CODE_TAGS[config.prompt.code_tags].output.session_prelude
+            section = dataclasses.replace(section, session_prelude=prelude)
+        return cls(section)
 
     # -- public API -----------------------------------------------------------------------
 
