@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from submission.answer import AnswerRange
-from submission.config import PACKAGE_DATA, TirConfig
+from submission.config import PACKAGE_DATA, SandboxConfig, TirConfig
 from submission.engines.base import Chunk, SamplingParams
 from submission.prompt import CODE_TAGS
 from submission.records import AttemptRecord
@@ -68,7 +68,7 @@ class ScriptedEngine:
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
-    with Sandbox(spare_sessions=1) as box:
+    with Sandbox(SandboxConfig(spare_sessions=1)) as box:
         yield box
 
 
