@@ -152,8 +152,8 @@ def run_cell(
         exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
         if shown is not None:
             value = eval(compile(shown, filename, "eval", dont_inherit=True), namespace)
-            if value is not None:
-                print(display(value))
+            if value is not None:  # by the REPL's own means: the cell may have replaced print
+                sys.stdout.write(display(value) + "\n")
     except SystemExit as exc:
         _write_stderr(_SYSTEM_EXIT_NOTE + _exception_only(exc))
         return "error"

@@ -123,6 +123,7 @@ class ForkServerClient:
             pass_fds=[theirs.fileno()],
             stdin=subprocess.DEVNULL,
             env=self._environment,
+            cwd="/",  # so the harness's folder is not on the server's sys.path
         )
         theirs.close()
         ours.settimeout(_SERVER_TIMEOUT_S)

@@ -17,6 +17,7 @@ import resource
 import signal
 import socket
 import sys
+import sysconfig
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
@@ -190,8 +191,16 @@ def reachable_import_paths() -> dict[str, int]:
                 return f"/proc/self/fd/{fd}{path[len(root) :]}"
         return path
 
+    # Only the interpreter's own library folders: a descriptor opens a whole subtree,
+    # and the harness's working or project folder may hold secrets (a .env file).
+    paths = sysconfig.get_paths()
+    libraries = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
     for entry in sys.path:
-        if entry and os.path.isdir(entry) and not _world_reachable(entry):
+        if not entry or not os.path.isdir(entry) or _world_reachable(entry):
+            continue
+        real = os.path.realpath(entry)
+        inside = any(real == lib or real.startswith(lib + os.sep) for lib in libraries)
+        if inside or os.path.basename(real) in ("site-packages", "dist-packages"):
             fds[entry] = os.open(entry, os.O_PATH | os.O_DIRECTORY)
     if not fds:
         return {}
