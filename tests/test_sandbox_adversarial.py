@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from submission.config import Config, load_config
@@ -200,45 +200,59 @@ def hold_promise(sb: Sandbox, name: str, hostile: Case) -> ExecResult:
     slug = re.sub(r"[^A-Za-z0-9]+", "-", name)[:60]
     session, other, bystander = f"adv-{slug}", f"adv-{slug}-other", f"adv-{slug}-bystander"
     harness_fds = psutil.Process().num_fds()
-    assert sb.run("bystander_value = 'still here'", session=bystander).status == "ok"
-    identity = identify(sb, session)
-    servers = servers_of(sb)
-    before = HostSnapshot.take()
+    try:
+        assert sb.run("bystander_value = 'still here'", session=bystander).status == "ok"
+        identity = identify(sb, session)
+        servers = servers_of(sb)
+        before = HostSnapshot.take()
 
-    result = timed_run(sb, hostile.code, session, hostile.timeout)
-    assert result.status in hostile.statuses, result
-    assert_bounded(result)
-    if hostile.check is not None:
-        hostile.check(result)
+        result = timed_run(sb, hostile.code, session, hostile.timeout)
+        assert result.status in hostile.statuses, result
+        assert_bounded(result)
+        if hostile.check is not None:
+            hostile.check(result)
 
-    same = timed_run(sb, "print(6 * 7)", session, 10.0)
-    if same.status in {"crashed", "killed"}:  # the cell's leftovers broke it: now restarted
         same = timed_run(sb, "print(6 * 7)", session, 10.0)
-    if not hostile.self_harm:
-        assert answers_42(same), f"same session after the cell: {same}"
-    fresh = timed_run(sb, "print(6 * 7)", other, 10.0)
-    assert answers_42(fresh), f"another session after the cell: {fresh}"
-    kept = timed_run(sb, "print(bystander_value)", bystander, 10.0)
-    assert (kept.status, kept.stdout) == ("ok", "still here\n"), f"bystander: {kept}"
+        if same.status in {"crashed", "killed"}:  # the cell's leftovers broke it: now restarted
+            same = timed_run(sb, "print(6 * 7)", session, 10.0)
+        if not hostile.self_harm:
+            assert answers_42(same), f"same session after the cell: {same}"
+        fresh = timed_run(sb, "print(6 * 7)", other, 10.0)
+        assert answers_42(fresh), f"another session after the cell: {fresh}"
 
-    servers |= servers_of(sb)
-    processes = session_processes(identity, servers)
-    closed_at = time.time()
-    for name_ in (session, other, bystander):
-        start = time.monotonic()
-        sb.close_session(name_)
-        assert time.monotonic() - start <= GRACE, "close_session took too long"
-    left: dict[str, object] = {}
+        servers |= servers_of(sb)
+        processes = session_processes(identity, servers)
+        closed_at = time.time()
+        for name_ in (session, other):
+            start = time.monotonic()
+            sb.close_session(name_)
+            assert time.monotonic() - start <= GRACE, "close_session took too long"
+        # Its clean-up (not only the cell) must leave the other sessions alone.
+        kept = timed_run(sb, "print(bystander_value)", bystander, 10.0)
+        assert (kept.status, kept.stdout) == ("ok", "still here\n"), f"bystander: {kept}"
+        sb.close_session(bystander)
+        left: dict[str, object] = {}
 
-    def nothing_left() -> bool:
-        nonlocal left
-        left = leftovers(before, identity, processes, closed_at, servers)
-        return not left
+        def nothing_left() -> bool:
+            nonlocal left
+            left = leftovers(before, identity, processes, closed_at, servers)
+            return not left
 
-    assert eventually(nothing_left, timeout=GRACE), f"left behind: {left}"
-    fds_back = eventually(lambda: psutil.Process().num_fds() == harness_fds, timeout=2.0)
-    assert fds_back, f"the harness holds {psutil.Process().num_fds() - harness_fds} more fds"
-    return result
+        assert eventually(nothing_left, timeout=GRACE), f"left behind: {left}"
+        fds_back = eventually(lambda: psutil.Process().num_fds() == harness_fds, timeout=2.0)
+        assert fds_back, f"the harness holds {psutil.Process().num_fds() - harness_fds} more fds"
+        return result
+    finally:
+        close_quietly(sb, session, other, bystander)
+
+
+def close_quietly(sb: Sandbox, *sessions: str) -> None:
+    """Close what a failed test left open, so the next test starts clean (errors were
+    already reported by the assertion that failed)."""
+    for session in sessions:
+        if session in sb.session_pids():
+            with contextlib.suppress(Exception):
+                sb.close_session(session)
 
 
 def no(*words: str) -> Callable[[ExecResult], None]:
@@ -1002,6 +1016,7 @@ CASES |= {
         "    os.setsid()\n    while True:\n        os.write(1, b'.')\n        time.sleep(0.01)\n"
         "time.sleep(0.1)\nos._exit(1)",
         "crashed",
+        "timeout",
         timeout=3,
     ),
 }
@@ -1061,8 +1076,10 @@ CASES |= {
     "wakeup fd on the channel, then a loop": case(
         CHANNEL
         + "import signal\nsignal.signal(signal.SIGINT, lambda *a: None)\n"
+        + "os.set_blocking(channels()[0], False)\n"
         + "signal.set_wakeup_fd(channels()[0], warn_on_full_buffer=False)\nwhile True:\n    pass",
         "timeout",
+        "crashed",
         timeout=1,
     ),
 }
@@ -1142,6 +1159,7 @@ CASES |= {
     "a background writer that never stops": case(
         "import subprocess, time\nsubprocess.Popen(['@MARK@'], executable='yes')\ntime.sleep(0.2)",
         "ok",
+        self_harm=True,  # its own writer fills the next calls' output; they must still return
     ),
     "every byte value on both streams": case(
         "import os\ndata = bytes(range(256)) * 4\nos.write(1, data)\nos.write(2, data)",
@@ -1572,22 +1590,25 @@ def test_sessions_cannot_reach_each_other(sandbox: Sandbox, name: str) -> None:
     a_cell, b_cell, guard = CROSS_SESSION[name]
     if not guard():
         pytest.skip("this machine offers no guard for it (needs root and the namespace)")
-    session_a, session_b = f"adv-cross-a-{len(name)}", f"adv-cross-b-{len(name)}"
-    identify(sandbox, session_a)
-    identify(sandbox, session_b)
-    a = timed_run(sandbox, fill(a_cell), session_a, 10)
-    assert a.status == "ok", a
-    b = timed_run(sandbox, fill(b_cell).replace("{a}", a.stdout.strip()), session_b, 10)
-    assert b.status in {"ok", "error"}, b
-    assert "REACHED" not in b.output, b
-    if name == "loopback UDP":
-        got = sandbox.run(
-            "u.settimeout(0.5)\ntry:\n    print('REACHED', u.recv(64))\nexcept OSError:\n    pass",
-            session=session_a,
-        )
-        assert "REACHED" not in got.output, got
-    for session in (session_a, session_b):
-        sandbox.close_session(session)
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", name)
+    session_a, session_b = f"adv-cross-a-{slug}", f"adv-cross-b-{slug}"
+    try:
+        identify(sandbox, session_a)
+        identify(sandbox, session_b)
+        a = timed_run(sandbox, fill(a_cell), session_a, 10)
+        assert a.status == "ok", a
+        b = timed_run(sandbox, fill(b_cell).replace("{a}", a.stdout.strip()), session_b, 10)
+        assert b.status in {"ok", "error"}, b
+        assert "REACHED" not in b.output, b
+        if name == "loopback UDP":
+            got = sandbox.run(
+                "u.settimeout(0.5)\ntry:\n    print('REACHED', u.recv(64))\n"
+                "except OSError:\n    pass",
+                session=session_a,
+            )
+            assert "REACHED" not in got.output, got
+    finally:
+        close_quietly(sandbox, session_a, session_b)
 
 
 # -- no network to the host -----------------------------------------------------------------------
@@ -1826,8 +1847,8 @@ def test_nothing_outlives_a_killed_fork_server() -> None:
 @pytest.mark.skipif(not AS_ROOT, reason="planting another uid's tree needs root")
 def test_a_new_sandbox_survives_a_tree_an_earlier_run_left_at_its_uids() -> None:
     first_uid = int(SMALL_LIMITS["first_session_uid"])  # type: ignore[call-overload]
-    tops = [f"/tmp/{MARK}-stale-{uid}" for uid in range(first_uid, first_uid + 3)]
-    for top, uid in zip(tops, range(first_uid, first_uid + 3), strict=True):
+    tops = [f"/tmp/{MARK}-stale-{uid}" for uid in range(first_uid, first_uid + 2)]
+    for top, uid in zip(tops, range(first_uid, first_uid + 2), strict=True):
         os.mkdir(top)
         fd = os.open(top, os.O_RDONLY)
         os.fchown(fd, uid, -1)
@@ -1954,9 +1975,7 @@ def test_files_of_others_at_the_top_of_tmp_do_not_slow_new_sessions(sandbox: San
         return sorted(times)[len(times) // 2]
 
     baseline = new_session_seconds()
-    folder = f"/tmp/{MARK}-crowd"  # a folder of names, moved to the top below
-    os.mkdir(folder)
-    names = [f"{MARK}-crowd-{i}" for i in range(50_000)]
+    names = [f"{MARK}-crowd-{i}" for i in range(20_000)]
     try:
         for name in names:
             os.close(os.open(f"/tmp/{name}", os.O_CREAT | os.O_WRONLY, 0o644))
@@ -1965,7 +1984,6 @@ def test_files_of_others_at_the_top_of_tmp_do_not_slow_new_sessions(sandbox: San
         for name in names:
             with contextlib.suppress(OSError):
                 os.unlink(f"/tmp/{name}")
-        os.rmdir(folder)
     assert crowded <= 2 * baseline + 0.02, (baseline, crowded)
 
 
@@ -2000,8 +2018,9 @@ PRIMITIVES = [
 
 @pytest.mark.slow
 @settings(
-    max_examples=15,
+    max_examples=10,
     deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking: each try costs seconds
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
