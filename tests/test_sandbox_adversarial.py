@@ -17,6 +17,7 @@ removed after each test.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -62,6 +63,8 @@ STATUSES = {"ok", "error", "timeout", "killed", "crashed"}
 # How long past its timeout a call may take to come back (interrupt, kill, restore) on a
 # busy 2-core machine; a hang is minutes, so this still tells the two apart.
 GRACE = 5.0
+# How long closing a session may take, whatever it left (kill, removal, accounting).
+CLOSE_GRACE = 3.0
 # Small limits, so the budgets are reached quickly. A uid range of its own per test process
 # keeps this suite's sessions apart from other sandboxes (and other runs of this suite) on a
 # shared machine, even with a sandbox that does not lease uids host-wide.
@@ -227,7 +230,8 @@ def hold_promise(sb: Sandbox, name: str, hostile: Case) -> ExecResult:
         for name_ in (session, other):
             start = time.monotonic()
             sb.close_session(name_)
-            assert time.monotonic() - start <= GRACE, "close_session took too long"
+            took = time.monotonic() - start
+            assert took <= CLOSE_GRACE, f"close_session took {took:.1f} s"
         # Its clean-up (not only the cell) must leave the other sessions alone.
         kept = timed_run(sb, "print(bystander_value)", bystander, 10.0)
         assert (kept.status, kept.stdout) == ("ok", "still here\n"), f"bystander: {kept}"
@@ -1437,15 +1441,15 @@ RESISTANT_CELLS = {
 def test_a_timeout_or_crash_keeps_the_sessions_variables(sandbox: Sandbox, name: str) -> None:
     cell, status = RESISTANT_CELLS[name]
     session = f"adv-keep-{name.replace(' ', '-')}"
-    assert (
-        sandbox.run("kept = 41\ndef helper(n):\n    return n + 1", session=session).status == "ok"
-    )
+    setup = "kept = 41\ndef helper(n):\n    return n + 1\nprint('setup output')"
+    assert sandbox.run(setup, session=session).status == "ok"
     result = timed_run(sandbox, "print('before', flush=True)\n" + cell, session, 0.5)
     assert result.status == status, result
     if status == "timeout":
         assert result.stdout.startswith("before"), result
     assert getattr(result, "state", None) in {"kept", "restored"}, result
     after = timed_run(sandbox, "print(helper(kept))", session, 10.0)
+    # Exactly this call's output: a restore's re-run cells are not shown again.
     assert (after.status, after.stdout) == ("ok", "42\n"), after
     sandbox.close_session(session)
 
@@ -2047,7 +2051,7 @@ def test_files_of_others_at_the_top_of_tmp_do_not_slow_new_sessions(sandbox: San
         for name in names:
             with contextlib.suppress(OSError):
                 os.unlink(f"/tmp/{name}")
-    assert crowded <= 2 * baseline + 0.02, (baseline, crowded)
+    assert crowded <= 3 * baseline + 0.05, (baseline, crowded)
 
 
 # -- generated: hostile primitives combined -------------------------------------------------------
@@ -2177,3 +2181,87 @@ def test_bad_arguments_get_a_clear_answer(sandbox: Sandbox, name: str) -> None:
     close_quietly(sandbox, session)
     assert answers_42(timed_run(sandbox, "print(6 * 7)", "adv-after-bad", 10.0))
     sandbox.close_session("adv-after-bad")
+
+
+# -- restore, names, spares, cancellation ---------------------------------------------------------
+
+
+def test_a_cell_whose_rerun_kills_the_session_again_cannot_hang_it(sandbox: Sandbox) -> None:
+    """A successful cell that arms its own death: restoring by re-running it re-arms it.
+    Every call still comes back in time, and other sessions are untouched."""
+    session = "adv-rearm"
+    arm = "import os, threading\nthreading.Timer(0.3, os._exit, (1,)).start()\nx = 1"
+    try:
+        assert sandbox.run(arm, session=session).status == "ok"
+        for _ in range(4):
+            time.sleep(0.5)
+            timed_run(sandbox, "print(6 * 7)", session, 5.0)
+        assert answers_42(timed_run(sandbox, "print(6 * 7)", "adv-rearm-other", 10.0))
+    finally:
+        close_quietly(sandbox, session, "adv-rearm-other")
+
+
+def test_a_closed_sessions_name_starts_empty(sandbox: Sandbox) -> None:
+    """Closing forgets the session, its restore log included."""
+    assert sandbox.run("secret_of_old = 1", session="adv-reuse").status == "ok"
+    sandbox.close_session("adv-reuse")
+    again = sandbox.run("print(secret_of_old)", session="adv-reuse")
+    assert again.status == "error" and "NameError" in again.stderr, again
+    sandbox.close_session("adv-reuse")
+
+
+async def test_cancelling_many_calls_leaves_nothing(sandbox: Sandbox) -> None:
+    names = [f"adv-cancel-{i}" for i in range(12)]
+    identities = [identify(sandbox, name) for name in names]
+    servers = servers_of(sandbox)
+    before = HostSnapshot.take()
+    cell = fill("import subprocess, time\nsubprocess.Popen(['@MARK@', '60'], executable='sleep')\n")
+    tasks = [asyncio.create_task(sandbox.arun(cell + "time.sleep(30)", name, 60)) for name in names]
+    await asyncio.sleep(1.0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    processes = set().union(*(session_processes(i, servers) for i in identities))
+    closed_at = time.time()
+    for name in names:
+        close_quietly(sandbox, name)
+    for identity in identities:
+        assert eventually(
+            lambda identity=identity: (
+                not leftovers(before, identity, processes, closed_at, servers)
+            ),
+            timeout=GRACE,
+        ), leftovers(before, identity, processes, closed_at, servers)
+    assert answers_42(await sandbox.arun("print(6 * 7)", "adv-cancel-after"))
+    sandbox.close_session("adv-cancel-after")
+
+
+def test_spare_sessions_get_the_same_guards() -> None:
+    """Sessions prepared ahead of need (the default) are held to the same isolation."""
+    config = make_config(spare_sessions=2)
+    saved = {name: os.environ.get(name) for name in SECRET_NAMES}
+    os.environ.update(dict.fromkeys(SECRET_NAMES, SECRET))
+    try:
+        sb = Sandbox.from_config(config)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    with sb:
+        time.sleep(1.0)  # let the spares get ready
+        assert sb.run("x = 41", session="victim").status == "ok"
+        probe = sb.run(fill(SECRET_PROBE), session="prober", timeout=20)
+        never_shows(SECRET)(probe)
+        assert "SECRET_HITS []" in probe.stdout, probe
+        if AS_ROOT:
+            pids = sb.session_pids()
+            assert host_uid(pids["victim"]) != host_uid(pids["prober"])
+        sb.run("import os, signal\nos.kill(-1, signal.SIGKILL)", session="killer")
+        after = sb.run("print(x + 1)", session="victim")
+        assert (after.status, after.stdout) == ("ok", "42\n"), after
+        guards = sb.run(GUARD_PROBE, session="prober")
+        for ns, available in (("net", network_namespaces_work()), ("mnt", mount_namespaces_work())):
+            if available:
+                assert f"ns {ns} {os.readlink(f'/proc/self/ns/{ns}')}" not in guards.stdout
