@@ -1410,6 +1410,32 @@ CASES |= {
 }
 
 
+# 18. Writing anywhere else on the host (a budget and a channel outside its private folders).
+CASES |= {
+    "writes anywhere else on the host": case(
+        """
+        import os
+        own = ('/tmp', '/var/tmp', '/dev/shm', '/run/lock', os.getcwd())
+        for root in ('/', '/var', '/run', '/dev', '/etc', '/opt', '/usr', '/home', '/srv',
+                     '/root', '/work', '/kaggle', '/mnt', '/media'):
+            for folder, subfolders, _ in os.walk(root):
+                if folder.count('/') >= 3 or folder.startswith(('/proc', '/sys')):
+                    subfolders.clear()
+                if folder.startswith(own) or not os.access(folder, os.W_OK):
+                    continue
+                try:
+                    with open(os.path.join(folder, '@MARK@-w'), 'x'):
+                        print('WROTE', folder)
+                except OSError:
+                    pass
+        """,
+        "ok",
+        timeout=30,
+        check=no("WROTE"),
+    ),
+}
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_hostile_cell_keeps_the_promise(sandbox: Sandbox, name: str) -> None:
     hold_promise(sandbox, name, CASES[name])
@@ -2265,3 +2291,55 @@ def test_spare_sessions_get_the_same_guards() -> None:
         for ns, available in (("net", network_namespaces_work()), ("mnt", mount_namespaces_work())):
             if available:
                 assert f"ns {ns} {os.readlink(f'/proc/self/ns/{ns}')}" not in guards.stdout
+
+
+# -- what the host shows of itself --------------------------------------------------------------
+
+
+@pytest.mark.skipif(not mount_namespaces_work(), reason="needs root and mount namespaces")
+def test_other_processes_command_lines_stay_out(sandbox: Sandbox) -> None:
+    """A secret on another process's command line (a harness started with a token in
+    its argv) is not readable from a session (a private /proc, or hidepid)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", f"--token={SECRET}"]
+    )
+    try:
+        cell = fill(
+            "import glob\nfor path in glob.glob('/proc/[0-9]*/cmdline'):\n"
+            "    try:\n        if b'@MARK@' in open(path, 'rb').read():\n"
+            "            print('REACHED', path)\n    except OSError:\n        pass"
+        )
+        result = timed_run(sandbox, cell, "adv-cmdline", 20)
+        assert result.status == "ok", result
+        assert "REACHED" not in result.stdout, result
+    finally:
+        holder.kill()
+        holder.wait()
+        close_quietly(sandbox, "adv-cmdline")
+
+
+@pytest.mark.skipif(not mount_namespaces_work(), reason="needs root and mount namespaces")
+def test_no_connection_to_a_harness_unix_socket_outside_tmp(sandbox: Sandbox) -> None:
+    """A unix socket the harness (or any host service) opens outside the temporary
+    folders, even one anybody may connect to, is out of a session's reach."""
+    path = f"/run/{MARK}.sock"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(path)
+    os.chmod(path, 0o777)
+    listener.listen()
+    listener.settimeout(0.5)
+    try:
+        cell = (
+            "import socket\ns = socket.socket(socket.AF_UNIX)\n"
+            f"try:\n    s.connect({path!r})\n    print('REACHED')\n"
+            "except OSError as e:\n    print(e)"
+        )
+        result = timed_run(sandbox, cell, "adv-unix-host", 10)
+        assert result.status == "ok", result
+        assert "REACHED" not in result.stdout, result
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+        os.unlink(path)
+        close_quietly(sandbox, "adv-unix-host")
