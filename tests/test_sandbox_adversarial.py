@@ -78,6 +78,10 @@ SMALL_LIMITS: dict[str, object] = {
     "spare_sessions": 0,
     "max_capture_chars": 4000,
     "disk_mb": 256,
+    # A restore re-runs the session's successful cells within this cap; kept below GRACE
+    # so even a call that must restore comes back within its timeout + GRACE.
+    "restore_timeout_s": 3.0,
+    "interrupt_grace_s": 0.3,
 }
 SECRET_NAMES = ("AIMO_ADV_FAKE_TOKEN", "HF_TOKEN", "KAGGLE_KEY", "OPENAI_API_KEY", "MY_APP_SETTING")
 SECRET = f"s3cr3t-{MARK}-value"
@@ -2343,3 +2347,52 @@ def test_no_connection_to_a_harness_unix_socket_outside_tmp(sandbox: Sandbox) ->
         listener.close()
         os.unlink(path)
         close_quietly(sandbox, "adv-unix-host")
+
+
+def test_an_interrupt_racing_the_end_of_a_cell_never_reaches_the_next(sandbox: Sandbox) -> None:
+    """Cells that end just before, at or just after their deadline: the interrupt may land
+    in the cell, in the REPL's own code or not at all. The call gets a clear status, the
+    session's variables survive, and the next cell never meets a stray KeyboardInterrupt."""
+    session = "adv-race-interrupt"
+    setup = "kept = 41\ndef helper(n):\n    return n + 1"
+    try:
+        assert sandbox.run(setup, session=session).status == "ok"
+        timeout = 0.15
+        for step in range(30):
+            offset = (step - 15) * 0.002  # -30 ms .. +28 ms around the deadline
+            cell = f"import time\ntime.sleep({timeout + offset:.3f})"
+            racing = timed_run(sandbox, cell, session, timeout)
+            assert racing.status in {"ok", "timeout"}, (offset, racing)
+            after = timed_run(sandbox, "print(helper(kept))", session, 5.0)
+            assert (after.status, after.stdout) == ("ok", "42\n"), (offset, racing, after)
+    finally:
+        close_quietly(sandbox, session)
+
+
+RESTORE_TRAPS = {
+    # A history that takes longer to re-run than the restore may take.
+    "slow history": ("import time\nfor _ in range(4):\n    time.sleep(1)\nx = 1", 10.0),
+    # A cell that succeeded once and hangs when re-run later.
+    "hangs when re-run": (
+        "import time\nstart = globals().setdefault('start', time.time())\n"
+        "if time.time() - start > 0.5:\n    time.sleep(1000)",
+        5.0,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", RESTORE_TRAPS)
+def test_a_restore_that_cannot_finish_comes_back_in_time(sandbox: Sandbox, name: str) -> None:
+    """Re-running the history is capped: the call that needs it still returns within its
+    timeout + GRACE, says the state is restored or lost, and the session goes on."""
+    history, history_timeout = RESTORE_TRAPS[name]
+    session = f"adv-restore-{name.replace(' ', '-')}"
+    try:
+        assert sandbox.run(history, session=session, timeout=history_timeout).status == "ok"
+        time.sleep(0.6)
+        crash = timed_run(sandbox, "import os\nos._exit(1)", session, 2.0)
+        assert crash.status == "crashed", crash
+        assert getattr(crash, "state", None) in {"restored", "lost"}, crash
+        assert answers_42(timed_run(sandbox, "print(6 * 7)", session, 5.0))
+    finally:
+        close_quietly(sandbox, session)
