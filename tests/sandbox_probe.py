@@ -324,9 +324,12 @@ def remove_tree(path: str) -> None:
         subprocess.run(["rm", "-rf", "--one-file-system", "--", path], capture_output=True)
 
 
-def scrub(workdirs: Iterable[str] = ()) -> None:
+def scrub(workdirs: Iterable[str] = (), uids: Iterable[int] = ()) -> None:
     """Remove what this run's snippets may have left: processes, files and IPC objects
-    carrying MARK or IPC_KEY, and the given session directories."""
+    carrying MARK or IPC_KEY, the given session directories, and the SysV IPC objects
+    created by the given session uids (a sandbox that does not remove them leaves
+    memory held on the machine)."""
+    session_uids = set(uids)
     for proc in psutil.process_iter(["name", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or ())
         if proc.pid != os.getpid() and (MARK in (proc.info["name"] or "") or MARK in cmdline):
@@ -340,7 +343,7 @@ def scrub(workdirs: Iterable[str] = ()) -> None:
     for workdir in workdirs:
         remove_tree(workdir)
     for obj in sysv_objects():
-        if obj.key == IPC_KEY:
+        if obj.key == IPC_KEY or obj.cuid in session_uids:
             flag = {"shm": "-m", "sem": "-s", "msg": "-q"}[obj.kind]
             subprocess.run(["ipcrm", flag, str(obj.ident)], capture_output=True)
     librt = ctypes.util.find_library("rt")

@@ -119,14 +119,17 @@ def fill(code: str) -> str:
 
 # -- fixtures -----------------------------------------------------------------------------
 
-WORKDIRS: list[str] = []  # session directories seen, removed after each test whatever happened
+# Session directories and uids seen: what they left is removed after each test, whatever happened.
+WORKDIRS: list[str] = []
+SESSION_UIDS: set[int] = set()
 
 
 @pytest.fixture(autouse=True)
 def _scrub_after_each_test() -> Iterator[None]:
     yield
-    scrub(WORKDIRS)
+    scrub(WORKDIRS, SESSION_UIDS)
     WORKDIRS.clear()
+    SESSION_UIDS.clear()
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +160,8 @@ def identify(sb: Sandbox, session: str) -> SessionIdentity:
     identity = SessionIdentity.of(sb.session_pids().get(session), answer.stdout)
     if identity.workdir is not None:
         WORKDIRS.append(identity.workdir)
+    if identity.uid is not None and identity.uid != os.geteuid():
+        SESSION_UIDS.add(identity.uid)
     return identity
 
 
@@ -2132,7 +2137,7 @@ def test_generated_combinations_keep_the_promise(
     try:
         hold_promise(sandbox, "generated", hostile)
     finally:
-        scrub(WORKDIRS)
+        scrub(WORKDIRS, SESSION_UIDS)
 
 
 # -- the guards the machine offers are in use ---------------------------------------------------
