@@ -610,35 +610,45 @@ CASES |= {
 # 5. Budgets per session, not per process.
 CASES |= {
     "three processes over the memory budget together": case(
+        # Each child reports what it holds; a child that was killed holds nothing.
         """
         import os, time
         mb = @MEM@ * 45 // 100
         children = []
-        for _ in range(3):
+        for i in range(3):
             pid = os.fork()
             if pid == 0:
+                held = []
                 try:
-                    held = b'\\x01' * (mb << 20)
+                    while len(held) * 5 < mb:
+                        held.append(b'\\x01' * (5 << 20))
+                        with open(f'held-{i}', 'w') as f:
+                            f.write(str(len(held) * 5))
                 except MemoryError:
-                    os._exit(1)
+                    pass
                 time.sleep(60)
                 os._exit(0)
             children.append(pid)
-        def rss_mb(pid):
+        def held(i):
             try:
-                for line in open(f'/proc/{pid}/status'):
-                    if line.startswith('VmRSS:'):
-                        return int(line.split()[1]) // 1024
-            except OSError:
-                pass
-            return 0
+                with open(f'held-{i}') as f:
+                    return int(f.read() or 0)
+            except (OSError, ValueError):
+                return 0
+        dead = set()
         deadline = time.time() + 15
         while time.time() < deadline:
-            sizes = [rss_mb(pid) for pid in children]
-            if all(s == 0 or s >= mb * 0.9 for s in sizes):
+            for i, pid in enumerate(children):
+                if i not in dead and os.waitpid(pid, os.WNOHANG)[0]:
+                    dead.add(i)
+            if all(i in dead or held(i) >= mb - 5 for i in range(3)):
                 break
             time.sleep(0.1)
-        print('TOTAL_MB', sum(rss_mb(pid) for pid in children))
+        time.sleep(0.5)
+        for i, pid in enumerate(children):
+            if i not in dead and os.waitpid(pid, os.WNOHANG)[0]:
+                dead.add(i)
+        print('TOTAL_MB', sum(held(i) for i in range(3) if i not in dead))
         for pid in children:
             try:
                 os.kill(pid, 9)
