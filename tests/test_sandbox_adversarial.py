@@ -1812,13 +1812,17 @@ sb.close()
 """
 
 
-def start_harness(cells: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_harness(
+    cells: list[str], env: dict[str, str] | None = None, cwd: str | None = None
+) -> subprocess.Popen[str]:
     """Another harness process with a sandbox of the same config, running `cells` in one session."""
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return subprocess.Popen(
         [sys.executable, "-c", HARNESS_SCRIPT, json.dumps(SMALL_LIMITS), json.dumps(cells)],
-        cwd=repo,
-        env={**os.environ, "PYTHONPATH": repo, **(env or {})},
+        cwd=cwd or REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": REPO_ROOT, **(env or {})},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -2411,3 +2415,39 @@ def test_a_restore_that_cannot_finish_comes_back_in_time(sandbox: Sandbox, name:
         assert answers_42(timed_run(sandbox, "print(6 * 7)", session, 5.0))
     finally:
         close_quietly(sandbox, session)
+
+
+@pytest.mark.skipif(not AS_ROOT, reason="a folder only root may enter needs root")
+def test_the_harness_folder_inside_a_root_only_one_stays_closed() -> None:
+    """The harness runs from a folder inside one only root may enter (as /root/work), with
+    a token in a dotfile there: whatever the sandbox does to keep the interpreter
+    importable from such places, a session cannot read the harness's own folder."""
+    private = f"/tmp/{MARK}-root-only"
+    work = f"{private}/work"
+    os.makedirs(f"{work}/.config")
+    os.chmod(private, 0o700)
+    for path in (f"{work}/.env", f"{work}/.config/token"):
+        with open(path, "w") as file:
+            file.write(SECRET)
+        os.chmod(path, 0o644)  # as dotfiles often are: safe only behind the 700 folder
+    probe = fill(
+        """
+        import os
+        roots = [f'/proc/self/fd/{fd}' for fd in os.listdir('/proc/self/fd')] + ['@DIR@']
+        for root in roots:
+            for name in ('.env', '.config/token'):
+                try:
+                    with open(os.path.join(root, name)) as f:
+                        print('REACHED', root, f.read())
+                except OSError:
+                    pass
+        """
+    ).replace("@DIR@", work)
+    other = start_harness([probe], cwd=work)
+    try:
+        reply = read_reply(other)
+    finally:
+        other.wait(timeout=60)
+        remove_tree(private)
+    assert reply["status"] == "ok", reply
+    assert SECRET not in reply["stdout"] + reply["stderr"], reply
