@@ -2457,3 +2457,41 @@ def test_the_harness_folder_inside_a_root_only_one_stays_closed() -> None:
         remove_tree(private)
     assert reply["status"] == "ok", reply
     assert SECRET not in reply["stdout"] + reply["stderr"], reply
+
+
+def _loop_rate(seconds: float = 0.3) -> float:
+    """Iterations per second of a plain Python loop in the harness: its share of the CPU."""
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+@pytest.mark.slow
+def test_background_spinners_cannot_starve_the_harness(sandbox: Sandbox) -> None:
+    """A cell leaves processes spinning on every core: the harness (and the engine beside
+    it) keeps at least half its speed. Measured paired: the spinners stopped, then let run,
+    three times, so load from elsewhere on the machine hits both sides alike."""
+    session = "adv-spinners"
+    cell = (
+        "import os\nfor _ in range(8):\n"
+        "    if os.fork() == 0:\n        while True:\n            pass"
+    )
+    try:
+        assert sandbox.run(cell, session=session).status == "ok"
+        spinners = psutil.Process(sandbox.session_pids()[session]).children(recursive=True)
+        assert spinners, "no spinner started"
+        alone, beside = [], []
+        for _ in range(3):
+            for proc in spinners:
+                proc.suspend()
+            time.sleep(0.05)
+            alone.append(_loop_rate())
+            for proc in spinners:
+                proc.resume()
+            time.sleep(0.05)
+            beside.append(_loop_rate())
+        ratio = sorted(beside)[1] / sorted(alone)[1]
+        assert ratio >= 0.5, f"the harness ran at {ratio:.0%} of its speed beside the spinners"
+    finally:
+        close_quietly(sandbox, session)
