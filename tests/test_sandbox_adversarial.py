@@ -1470,6 +1470,47 @@ CASES |= {
 }
 
 
+# 19. Bombs (tests/test_sandbox.py has the plain os.fork loop).
+CASES |= {
+    "thread bomb": case(
+        "import threading, time\ncount = 0\ntry:\n    while count < 100000:\n"
+        "        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+        "        count += 1\nexcept (RuntimeError, MemoryError) as e:\n    print('stopped', e)\n"
+        "print('THREADS', count)",
+        "ok",
+        "error",
+        "killed",
+        "timeout",
+        timeout=20,
+    ),
+    "exponential fork bomb escaping with setsid": case(
+        "import os\nwhile True:\n    try:\n        if os.fork() == 0:\n            os.setsid()\n"
+        "    except OSError:\n        pass",
+        "timeout",
+        "error",
+        "killed",
+        timeout=2,
+    ),
+    "fork bomb through the shell": case(
+        "import os\n_ = os.system(\"bash -c ':(){ :|:& };:' >/dev/null 2>&1 &\")\n"
+        "import time\ntime.sleep(1)",
+        "ok",
+        "timeout",
+        timeout=5,
+    ),
+    "multiprocessing pool of 200": case(
+        "import multiprocessing as mp\ntry:\n    with mp.get_context('fork').Pool(200) as pool:\n"
+        "        print(sum(pool.map(abs, range(1000))))\n"
+        "except OSError as e:\n    print('stopped', e)",
+        "ok",
+        "error",
+        "timeout",
+        "killed",
+        timeout=20,
+    ),
+}
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_hostile_cell_keeps_the_promise(sandbox: Sandbox, name: str) -> None:
     hold_promise(sandbox, name, CASES[name])
@@ -2493,5 +2534,20 @@ def test_background_spinners_cannot_starve_the_harness(sandbox: Sandbox) -> None
             beside.append(_loop_rate())
         ratio = sorted(beside)[1] / sorted(alone)[1]
         assert ratio >= 0.5, f"the harness ran at {ratio:.0%} of its speed beside the spinners"
+    finally:
+        close_quietly(sandbox, session)
+
+
+def test_a_bare_expression_shows_even_after_print_is_replaced(sandbox: Sandbox) -> None:
+    """The REPL shows a cell's value by its own means, not through the cell's `print`."""
+    session = "adv-print-replaced"
+    try:
+        replaced = sandbox.run(
+            "import builtins, sys\nbuiltins.print = lambda *a, **k: None\nsys.displayhook = None",
+            session=session,
+        )
+        assert replaced.status == "ok", replaced
+        shown = timed_run(sandbox, "6 * 7", session, 5.0)
+        assert (shown.status, shown.stdout) == ("ok", "42\n"), shown
     finally:
         close_quietly(sandbox, session)
