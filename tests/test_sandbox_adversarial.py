@@ -114,6 +114,7 @@ def fill(code: str) -> str:
         .replace("@MEM@", str(MEMORY_MB))
         .replace("@DISK@", str(DISK_MB))
         .replace("@NPROC@", str(MAX_PROCESSES))
+        .replace("@HARNESS@", str(os.getpid()))
     )
 
 
@@ -824,9 +825,9 @@ CASES |= (
     | {
         f"{sig} at the harness process": case(
             "import os, signal\n"
-            "ppid = int(open(f'/proc/{os.getppid()}/status').read().split('PPid:')[1].split()[0])\n"
-            f"for target in (ppid, -os.getpgid(ppid) if ppid > 1 else ppid):\n"
-            f"    try:\n        os.kill(target, signal.{sig})\n"
+            "for group in (False, True):\n"
+            "    try:\n"
+            f"        os.kill(-os.getpgid(@HARNESS@) if group else @HARNESS@, signal.{sig})\n"
             "    except OSError as e:\n        print('refused', e.errno)",
             "ok",
             "error",
@@ -864,10 +865,7 @@ CASES |= {
         """
         import ctypes, os
         libc = ctypes.CDLL(None, use_errno=True)
-        server = os.getppid()
-        status = open(f'/proc/{server}/status').read()
-        harness = int(status.split('PPid:')[1].split()[0])
-        for pid in (server, harness, 1):
+        for pid in (os.getppid(), @HARNESS@, 1):  # the fork server, the harness, init
             if libc.ptrace(16, pid, None, None) == 0:  # PTRACE_ATTACH
                 print('ATTACHED', pid)
         """,
