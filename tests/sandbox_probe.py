@@ -197,12 +197,11 @@ class HostSnapshot:
     ipc: set[IpcObject]
     mqueues: set[str] | None
     mounts: set[tuple[str, str]]
-    taken: float
 
     @classmethod
     def take(cls) -> HostSnapshot:
         mqueues = posix_mqueues() if _mqueue_listing_works() else None
-        return cls(shared_tmp_names(), sysv_objects(), mqueues, mount_points(), time.time())
+        return cls(shared_tmp_names(), sysv_objects(), mqueues, mount_points())
 
 
 def session_processes(identity: SessionIdentity, our_servers: Iterable[int]) -> set[int]:
