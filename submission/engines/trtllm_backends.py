@@ -23,14 +23,13 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from submission.engines.base import Chunk, EngineError, FinishReason, SamplingParams
 from submission.engines.streamtext import IncrementalDecoder, StopMatcher
+from submission.engines.trtllm_folder import EngineFacts
 from submission.engines.trtllm_sampling import EngineSampling, engine_sampling
-
-if TYPE_CHECKING:
-    from submission.engines.trtllm import TrtllmEngine
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +85,22 @@ def tokens_up_to_stop(tokenizer: Any, new_ids: list[int], past_stop: str) -> int
             break
         past += 1
     return len(new_ids) - past
+
+
+class TrtllmEngine(Protocol):
+    """What a backend reads from the engine that owns it (engines/trtllm.py's TrtllmEngine)."""
+
+    engine_dir: Path
+    tokenizer_dir: Path
+    facts: EngineFacts | None
+    tokenizer: Any
+    counters: DecodeCounters
+
+    def runtime_settings(self) -> RuntimeSettings: ...
+
+    def split_stops(self, stops: tuple[str, ...]) -> tuple[list[int], list[str]]: ...
+
+    def stop_text(self, reason: int | str | None) -> str | None: ...
 
 
 class SamplingNotes:
