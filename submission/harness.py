@@ -181,6 +181,8 @@ class AsyncHarness:
                 stop_reason=result.stop_reason,
             )
         )
+        if result.used_fallback:
+            log.warning("fallback %s: %s", result.problem_id, result.stop_reason)
         if self.config.output.progress:
             self._log_progress(result)
         if self.on_problem is not None:
@@ -191,9 +193,8 @@ class AsyncHarness:
         """One line per problem: k/N, answer with its votes, time, and the run's clock."""
         state = self.run_state()
         answered = sum(1 for a in result.attempts if a.answer is not None)
-        why = f"; fallback: {result.stop_reason}" if result.used_fallback else ""
         log.info(
-            "problem %d/%d %s: answer %d (%d/%d votes, %d answered) in %.1f s (%s)%s | "
+            "problem %d/%d %s: answer %d (%d/%d votes, %d answered) in %.1f s (%s) | "
             "elapsed %.0f s, left %.0f s",
             len(self.history),
             self.problems_total,
@@ -204,7 +205,6 @@ class AsyncHarness:
             answered,
             result.seconds,
             result.stop_reason,
-            why,
             state.elapsed_s,
             state.time_left_s,
         )

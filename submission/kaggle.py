@@ -118,6 +118,7 @@ def predict(id_: pl.Series, problem: pl.Series, *extra_columns: Any) -> pl.DataF
 
 def _note_fallback(serving: Serving, problem_id: str, why: str) -> None:
     """Tell the run (for its report) that this problem got the fallback, and why."""
+    log.warning("fallback %s: %s", problem_id, why)
     try:
         serving.harness.note_fallback(problem_id, why)
     except Exception:

@@ -35,6 +35,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -234,13 +235,22 @@ def preflight_stage(run: KernelRun) -> None:
     raise KernelStop(EXIT_NOT_READY, f"preflight failed: {reasons}")
 
 
-def engine_stage(run: KernelRun, start_harness: Callable[..., Any] | None = None) -> Harness:
-    """Stage 3: the sandbox, the loop, and the engine loading in the background (at once)."""
+def engine_stage(
+    run: KernelRun,
+    start_harness: Callable[..., Any] | None = None,
+    problems_total: int | None = None,
+) -> Harness:
+    """Stage 3: the sandbox, the loop, and the engine loading in the background (at once).
+
+    `problems_total`: the local test file's rows (None: the profile's count, as in a rerun).
+    """
     if start_harness is None:
         from submission.harness import Harness
 
         start_harness = Harness.start
-    run.harness = start_harness(run.config, started_at=run.started_at)
+    run.harness = start_harness(
+        run.config, started_at=run.started_at, problems_total=problems_total
+    )
     return run.harness
 
 
@@ -295,21 +305,25 @@ def run_kernel(
     """Stages 2-4 for a config: preflight, engine, serve (returns only outside a rerun)."""
     run = KernelRun(config, started_at, data_dir, test_csv, out_dir)
     try:
-        if not _rerun() and run.test_csv is not None:
-            _check_test_csv(run.test_csv)
+        problems_total = None if _rerun() else _count_problems(run)
         preflight_stage(run)
     except KernelStop as stop:
         log.error("%s", stop)
         return stop.code
-    engine_stage(run, start_harness)
+    engine_stage(run, start_harness, problems_total)
     return serve_stage(run)
 
 
-def _check_test_csv(path: Path) -> None:
+def _count_problems(run: KernelRun) -> int:
+    """The local test file's rows (its k/N), or KernelStop with why it cannot be served."""
+    from submission import kaggle
     from submission.local_run import ProblemFileError, read_problems
 
+    if run.test_csv is None:
+        root = kaggle.find_kaggle_evaluation(run.data_dir, run.config.profile)
+        run.test_csv = default_test_csv(root, run.config.profile)
     try:
-        read_problems(path)
+        return read_problems(run.test_csv).height
     except ProblemFileError as exc:
         raise KernelStop(EXIT_BAD_INPUT, str(exc)) from None
 
@@ -400,10 +414,21 @@ def on_kaggle_path(path: str) -> str:
     return path
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM ends the process through SystemExit, so the harness closes (sandbox included)."""
+
+    def leave(signum: int, frame: object) -> None:
+        log.warning("SIGTERM: closing the harness and leaving")
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    exit_on_sigterm()
     log.info("kernel: python %s, pid %d", sys.version.split()[0], os.getpid())
     try:
         run = install_stage(argv)

@@ -147,7 +147,7 @@ def log_summary(harness: Harness, run: LocalRun) -> None:
     rows = pl.read_parquet(run.submission).height if run.submission is not None else 0
     accuracy = f", {s['correct']}/{s['graded']} correct" if s["graded"] else ""
     log.info(
-        "summary: %d rows in %s, %d problems solved%s, %d fallback answers, %.1f s",
+        "summary: %d rows in %s, %d problems%s, %d fallback answers, %.1f s",
         rows,
         run.submission or "no submission",
         s["problems"],

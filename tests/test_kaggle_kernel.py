@@ -146,11 +146,15 @@ def test_a_rerun_serves_before_the_engine_has_loaded(
     config = replay_config(profile, tmp_path)
     engines: list[SlowLoadingEngine] = []
 
-    def start_harness(config: Config, started_at: float) -> Harness:
+    def start_harness(config: Config, started_at: float, problems_total: int | None) -> Harness:
         engine = SlowLoadingEngine.from_config(config)
         engines.append(engine)  # type: ignore[arg-type]
         return Harness.start(
-            config, engine=engine, sandbox=Sandbox.from_config(config), started_at=started_at
+            config,
+            engine=engine,
+            sandbox=Sandbox.from_config(config),
+            started_at=started_at,
+            problems_total=problems_total,
         )
 
     SlowLoadingEngine.release.clear()
