@@ -83,6 +83,7 @@ class KernelRun:
     test_csv: Path | None = None
     out_dir: Path | None = None
     install_s: float = 0.0
+    problems_total: int | None = None  # the local test file's rows (a rerun: the profile's)
     harness: Harness | None = None
 
 
@@ -101,7 +102,8 @@ def find_code_root(code_dir: Path | None) -> Path | None:
         candidates.append(code_dir)
     if env_dir := os.environ.get(ENV_CODE_DIR):
         candidates.append(Path(env_dir))
-    candidates.append(Path(__file__).resolve().parents[1])
+    if here := globals().get("__file__"):  # a notebook cell has no __file__
+        candidates.append(Path(here).resolve().parents[1])
     if KAGGLE_INPUT.is_dir():
         candidates += sorted(KAGGLE_INPUT.glob("*")) + sorted(KAGGLE_INPUT.glob("*/*"))
     for candidate in candidates:
@@ -212,6 +214,8 @@ def preflight_stage(run: KernelRun) -> None:
     """Stage 2: every doctor check; a failure stops an interactive session (raises KernelStop)."""
     from submission.doctor import run_checks
 
+    if not _rerun():
+        run.problems_total = _count_problems(run)
     began = time.monotonic()
     checks = run_checks(run.config)
     failed = [c for c in checks if c.status == "fail"]
@@ -235,21 +239,14 @@ def preflight_stage(run: KernelRun) -> None:
     raise KernelStop(EXIT_NOT_READY, f"preflight failed: {reasons}")
 
 
-def engine_stage(
-    run: KernelRun,
-    start_harness: Callable[..., Any] | None = None,
-    problems_total: int | None = None,
-) -> Harness:
-    """Stage 3: the sandbox, the loop, and the engine loading in the background (at once).
-
-    `problems_total`: the local test file's rows (None: the profile's count, as in a rerun).
-    """
+def engine_stage(run: KernelRun, start_harness: Callable[..., Any] | None = None) -> Harness:
+    """Stage 3: the sandbox, the loop, and the engine loading in the background (at once)."""
     if start_harness is None:
         from submission.harness import Harness
 
         start_harness = Harness.start
     run.harness = start_harness(
-        run.config, started_at=run.started_at, problems_total=problems_total
+        run.config, started_at=run.started_at, problems_total=run.problems_total
     )
     return run.harness
 
@@ -305,12 +302,11 @@ def run_kernel(
     """Stages 2-4 for a config: preflight, engine, serve (returns only outside a rerun)."""
     run = KernelRun(config, started_at, data_dir, test_csv, out_dir)
     try:
-        problems_total = None if _rerun() else _count_problems(run)
         preflight_stage(run)
     except KernelStop as stop:
         log.error("%s", stop)
         return stop.code
-    engine_stage(run, start_harness, problems_total)
+    engine_stage(run, start_harness)
     return serve_stage(run)
 
 
@@ -424,10 +420,15 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, leave)
 
 
-def main(argv: list[str] | None = None) -> int:
+def configure_logging() -> None:
+    """Timestamped lines on stderr (a notebook shows them as the cell's output)."""
     logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     exit_on_sigterm()
     log.info("kernel: python %s, pid %d", sys.version.split()[0], os.getpid())
     try:
