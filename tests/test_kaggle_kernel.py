@@ -323,7 +323,8 @@ def test_the_kernel_bootstraps_from_our_wheel_alone(tmp_path: Path) -> None:
     test_csv = small_test_csv(tmp_path, rows=2)
     out = tmp_path / "out"
     python = str(tmp_path / "venv" / "bin" / "python")
-    flags = ["--set", "prompt.code_tags=tora", "--set", f"profile.competition_dir={tmp_path}/x"]
+    flags = ["--config", str(REPO / "submission" / "data" / "replay_gsm8k.toml")]
+    flags += ["--set", "prompt.code_tags=tora", "--set", f"profile.competition_dir={tmp_path}/x"]
     flags += ["--test-csv", str(test_csv), "--out", str(out)]
     done = subprocess.run(
         [python, str(alone), "--wheel-dir", str(dataset), *flags],
