@@ -227,7 +227,7 @@ def test_our_wheel_is_built_without_build_isolation_only_where_bdist_wheel_exist
 def test_the_one_placeholder_is_rejected_and_replaced(tmp_path: Path) -> None:
     import json
 
-    from submission.metadata import (
+    from submission.commands.kaggle_metadata import (
         DEFAULT_PATH,
         PLACEHOLDER_OWNER,
         check_metadata,

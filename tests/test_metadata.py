@@ -160,8 +160,8 @@ def test_the_staged_notebook_runs_its_stages_in_a_notebook_kernel(tmp_path: Path
     import polars as pl
     from jupyter_client.manager import start_new_kernel
 
+    from submission.commands.kaggle_metadata import kernel_notebook
     from submission.config import PACKAGE_DATA
-    from submission.metadata import kernel_notebook
 
     notebook = kernel_notebook((REPO / CODE_FILE).read_text(), "AIMO TIR Harness")
     assert (notebook["nbformat"], notebook["nbformat_minor"]) == (4, 5)

@@ -110,7 +110,7 @@ def check_engine_dir(config: Config) -> Iterator[Check]:
 
 def check_engine(config: Config) -> Iterator[Check]:
     """The engine object the run would build (a bad path or setting fails here, not later)."""
-    from submission.engines.base import create_engine
+    from submission.engines.registry import create_engine
 
     try:
         engine = create_engine(config)
