@@ -65,6 +65,21 @@ def download_command(
     return [*argv, "-r", str(requirements), "-d", str(wheels)]
 
 
+def build_isolation_options(python: str) -> list[str]:
+    """`--no-build-isolation` when `python` can build a wheel itself, else nothing.
+
+    A fresh Python 3.11 venv has setuptools 65 without the `wheel` package, so
+    it has no `bdist_wheel` command: there pip must build in an isolated
+    environment (setuptools and wheel from the index, which this script needs anyway).
+    """
+    probe = (
+        "try:\n    import setuptools.command.bdist_wheel\n"
+        "except ImportError:\n    import wheel.bdist_wheel\n"
+    )
+    done = subprocess.run([python, "-c", probe], capture_output=True, check=False)
+    return ["--no-build-isolation"] if done.returncode == 0 else []
+
+
 def build_own_wheel(wheels: Path) -> Path:
     """Our wheel, built from a copy of the source (setuptools' in-tree `build/` would land in
     the repo's build/ pipeline folder)."""
@@ -81,7 +96,8 @@ def build_own_wheel(wheels: Path) -> Path:
         )
         subprocess.run(
             [
-                *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation"),
+                *(sys.executable, "-m", "pip", "wheel", "--no-deps"),
+                *build_isolation_options(sys.executable),
                 *("--disable-pip-version-check", "-w", str(wheels), str(source)),
             ],
             check=True,
@@ -132,7 +148,7 @@ def build_wheelhouse(
     python_version: str,
     platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
     with_trtllm: bool = False,
-    dataset_id: str = "your-kaggle-user/aimo-offline-wheels",
+    dataset_id: str = "your-kaggle-username/aimo-offline-wheels",
     title: str = "AIMO submission offline wheels",
 ) -> Path:
     wheels = out / "wheels"
@@ -169,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-trtllm", action="store_true", help="add TensorRT-LLM (NVIDIA index)"
     )
-    parser.add_argument("--dataset-id", default="your-kaggle-user/aimo-offline-wheels")
+    parser.add_argument("--dataset-id", default="your-kaggle-username/aimo-offline-wheels")
     parser.add_argument("--title", default="AIMO submission offline wheels")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

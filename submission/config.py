@@ -320,8 +320,14 @@ class EngineConfig:
 
 @dataclass
 class OutputConfig:
+    """What a run leaves behind and shows while it runs."""
+
+    # Where submission.parquet, the attempt log and the report go (a /kaggle folder on a
+    # machine without /kaggle falls back to ./out, with a warning).
     out_dir: str = "out"
     write_report: bool = True
+    # One log line per problem (k/N, answer, votes, time, elapsed and left); `replay` on
+    # a terminal also draws a progress bar.
     progress: bool = True
 
 

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import tempfile
 import threading
 import time
 import types
@@ -300,14 +298,9 @@ def _submission_frame(
 
 def _write_atomically(frame: pl.DataFrame, path: Path) -> Path:
     """Write to a temporary file next to `path`, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=".submission-", suffix=".parquet", dir=path.parent)
-    os.close(fd)
-    try:
-        frame.write_parquet(tmp_name)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    from submission.report import atomic_path
+
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp)
     log.info("wrote %s (%d rows)", path, frame.height)
     return path

@@ -14,12 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from submission.config import Config
-from submission.engines.base import Engine
+from submission.engines.base import Chunk, Engine, EngineError, SamplingParams
 from submission.engines.registry import create_engine
 from submission.policy import Policy, RunState
 from submission.policy.defaults import default_policy
@@ -36,6 +36,31 @@ CALL_LIMIT_MARGIN_S = 30.0
 
 def call_limit_margin(call_limit_s: float) -> float:
     return min(CALL_LIMIT_MARGIN_S, 0.1 * call_limit_s)
+
+
+class UnbuiltEngine:
+    """Stands in for an engine whose constructor raised: its start() raises the reason.
+
+    So a misconfigured engine fails the run the way a failed load does (every
+    problem answered with the fallback, the reason logged) instead of crashing
+    the kernel before `serve()`: on Kaggle that would be SERVER_NEVER_STARTED.
+    """
+
+    greedy = False
+
+    def __init__(self, kind: str, error: Exception) -> None:
+        self.name = kind
+        self.error = EngineError(f"engine {kind!r} could not be built: {error}")
+
+    async def start(self) -> None:
+        raise self.error
+
+    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+        raise self.error
+        yield  # pragma: no cover - makes this an async generator like the real ones
+
+    async def close(self) -> None:
+        return None
 
 
 class AsyncHarness:
@@ -60,6 +85,8 @@ class AsyncHarness:
         self.on_problem = on_problem
         self.results: list[ProblemResult] = []
         self.history: list[ProblemSummary] = []
+        # Problems answered with the fallback outside the solver (predict's own checks).
+        self.fallbacks: dict[str, str] = {}
         self._engine_ready: asyncio.Task[None] | None = None
 
     def start_engine(self) -> asyncio.Task[None]:
@@ -67,8 +94,19 @@ class AsyncHarness:
         if self.started_at is None:
             self.started_at = asyncio.get_running_loop().time()
         if self._engine_ready is None:
-            self._engine_ready = asyncio.ensure_future(self.engine.start())
+            self._engine_ready = asyncio.ensure_future(self._load_engine())
         return self._engine_ready
+
+    async def _load_engine(self) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        try:
+            await self.engine.start()
+        except Exception as exc:
+            seconds = loop.time() - began
+            log.error("engine %s FAILED to load after %.1f s: %s", self.engine.name, seconds, exc)
+            raise
+        log.info("engine %s loaded in %.1f s", self.engine.name, loop.time() - began)
 
     def run_state(self) -> RunState:
         now = asyncio.get_running_loop().time()
@@ -124,6 +162,10 @@ class AsyncHarness:
             for s in self.history
         ]
 
+    def note_fallback(self, problem_id: str, reason: str) -> None:
+        """A problem answered with the fallback before or around the solver (for the report)."""
+        self.fallbacks.setdefault(problem_id, reason)
+
     def _record(self, result: ProblemResult) -> ProblemResult:
         self.results.append(result)
         self.history.append(
@@ -139,9 +181,33 @@ class AsyncHarness:
                 stop_reason=result.stop_reason,
             )
         )
+        if result.used_fallback:
+            log.warning("fallback %s: %s", result.problem_id, result.stop_reason)
+        if self.config.output.progress:
+            self._log_progress(result)
         if self.on_problem is not None:
             self.on_problem(result)
         return result
+
+    def _log_progress(self, result: ProblemResult) -> None:
+        """One line per problem: k/N, answer with its votes, time, and the run's clock."""
+        state = self.run_state()
+        answered = sum(1 for a in result.attempts if a.answer is not None)
+        log.info(
+            "problem %d/%d %s: answer %d (%d/%d votes, %d answered) in %.1f s (%s) | "
+            "elapsed %.0f s, left %.0f s",
+            len(self.history),
+            self.problems_total,
+            result.problem_id,
+            result.answer,
+            result.top_votes,
+            len(result.attempts),
+            answered,
+            result.seconds,
+            result.stop_reason,
+            state.elapsed_s,
+            state.time_left_s,
+        )
 
 
 class Harness:
@@ -173,7 +239,12 @@ class Harness:
             from submission.sandbox import Sandbox
 
             sandbox = Sandbox.from_config(config)
-        engine = engine or create_engine(config)
+        if engine is None:
+            try:
+                engine = create_engine(config)
+            except Exception as exc:  # fail at the first problem, not before serve()
+                log.error("engine %r could not be built: %s", config.engine.kind, exc)
+                engine = UnbuiltEngine(config.engine.kind, exc)
         loop = loop or asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, name="harness-loop", daemon=True).start()
         core = AsyncHarness(config, engine, sandbox, policy, started_at, problems_total, on_problem)
@@ -183,12 +254,25 @@ class Harness:
         await self.core.start_engine()
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
-        """True once the engine has loaded; False on timeout or when loading failed."""
+        """True once the engine has loaded, False while it is still loading after `timeout_s`.
+
+        Raises the loading exception when loading failed, so the caller can say why.
+        """
         try:
             self._engine_future.result(timeout=timeout_s)
-        except Exception:
+        except TimeoutError:
             return False
         return True
+
+    @property
+    def load_error(self) -> BaseException | None:
+        """Why the engine failed to load (None while loading or once loaded)."""
+        if not self._engine_future.done() or self._engine_future.cancelled():
+            return None
+        return self._engine_future.exception()
+
+    def note_fallback(self, problem_id: str, reason: str) -> None:
+        self.core.note_fallback(problem_id, reason)
 
     def solve(self, problem_id: str, problem: str, timeout_s: float | None = None) -> int:
         """The answer to one problem; the fallback answer if anything goes wrong (never raises)."""
@@ -206,14 +290,18 @@ class Harness:
     def results(self) -> list[ProblemResult]:
         return self.core.results
 
-    def write_outputs(self, out_dir: str | Path) -> None:
+    def write_outputs(
+        self, out_dir: str | Path, extra_lines: Sequence[str] = ()
+    ) -> dict[str, Path]:
         from submission.report import write_run_outputs
 
-        write_run_outputs(
+        return write_run_outputs(
             self.core.results,
             self.core.history,
             Path(out_dir),
             write_report=self.core.config.output.write_report,
+            extra_lines=extra_lines,
+            fallbacks=self.core.fallbacks,
         )
 
     def close(self) -> None:

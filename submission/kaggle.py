@@ -48,6 +48,8 @@ class SolvesProblems(Protocol):
 
     def solve(self, problem_id: str, problem: str, timeout_s: float | None = None) -> int: ...
 
+    def note_fallback(self, problem_id: str, reason: str) -> None: ...
+
 
 @dataclass(frozen=True)
 class Serving:
@@ -103,30 +105,45 @@ def predict(id_: pl.Series, problem: pl.Series, *extra_columns: Any) -> pl.DataF
         if serving is None:
             log.error("predict() called before configure(): answering the fallback %d", fallback)
             return _row(served_id, fallback)
-        answer = _answer(serving, served_id, problem, fallback)
-    except Exception:  # predict must never raise: the gateway would fail the whole run
+        answer, why = _answer(serving, served_id, problem, fallback)
+    except Exception as exc:  # predict must never raise: the gateway would fail the whole run
         log.exception(
             "predict(%s) failed; answering the fallback %d", _id_text(served_id), fallback
         )
-        answer = fallback
+        answer, why = fallback, f"predict raised {type(exc).__name__}: {exc}"
+    if why is not None:
+        _note_fallback(serving, _id_text(served_id), why)
     return _row(served_id, answer)
 
 
-def _answer(serving: Serving, served_id: pl.Series, problem: Any, fallback: int) -> int:
+def _note_fallback(serving: Serving, problem_id: str, why: str) -> None:
+    """Tell the run (for its report) that this problem got the fallback, and why."""
+    log.warning("fallback %s: %s", problem_id, why)
+    try:
+        serving.harness.note_fallback(problem_id, why)
+    except Exception:
+        log.exception("%s: recording the fallback failed", problem_id)
+
+
+def _answer(
+    serving: Serving, served_id: pl.Series, problem: Any, fallback: int
+) -> tuple[int, str | None]:
+    """The answer, and why it is the fallback (None when the solver's own answer)."""
     problem_id = _id_text(served_id)
     text, why_not = _problem_text(problem, serving.config.solver.max_problem_chars)
     if text is None:
         log.warning("%s: %s; answering the fallback %d", problem_id, why_not, fallback)
-        return fallback
+        return fallback, why_not
     profile = serving.config.profile
     call_started = time.monotonic()
     # Wait no longer than the gateway's per-call limit or the run's end, whichever comes first.
     run_left_s = profile.time_limit_s - (serving.clock() - serving.started_at)
     wait_s = max(0.0, min(profile.per_call_limit_s, run_left_s) - serving.return_margin_s)
     outcome: list[int] = []
+    failure: list[str] = []
     worker = threading.Thread(
         target=_solve_into,
-        args=(serving.harness, problem_id, text, wait_s, outcome),
+        args=(serving.harness, problem_id, text, wait_s, outcome, failure),
         name=f"predict-{problem_id}",
         daemon=True,
     )
@@ -134,20 +151,22 @@ def _answer(serving: Serving, served_id: pl.Series, problem: Any, fallback: int)
     worker.join(wait_s)
     seconds = time.monotonic() - call_started
     if not outcome:
+        why = failure[0] if failure else f"no answer within {wait_s:.1f} s"
         log.error(
-            "%s: no answer after %.1f s (limit %.1f s); answering the fallback %d",
+            "%s: no answer after %.1f s (limit %.1f s: %s); answering the fallback %d",
             problem_id,
             seconds,
             wait_s,
+            why,
             fallback,
         )
-        return fallback
+        return fallback, why
     answer = outcome[0]
     if isinstance(answer, bool) or not isinstance(answer, numbers.Integral):
         log.error(
             "%s: solver returned %r, not an integer; fallback %d", problem_id, answer, fallback
         )
-        return fallback
+        return fallback, f"solver returned {answer!r}, not an integer"
     if not profile.answer_min <= int(answer) <= profile.answer_max:
         log.error(
             "%s: answer %d outside [%d, %d]; fallback %d",
@@ -157,24 +176,31 @@ def _answer(serving: Serving, served_id: pl.Series, problem: Any, fallback: int)
             profile.answer_max,
             fallback,
         )
-        return fallback
+        return fallback, f"answer {answer} outside [{profile.answer_min}, {profile.answer_max}]"
     log.debug("%s: answer %d in %.1f s", problem_id, answer, seconds)
-    return int(answer)
+    return int(answer), None
 
 
 def _solve_into(
-    harness: SolvesProblems, problem_id: str, text: str, wait_s: float, outcome: list[int]
+    harness: SolvesProblems,
+    problem_id: str,
+    text: str,
+    wait_s: float,
+    outcome: list[int],
+    failure: list[str],
 ) -> None:
     """Runs in a worker thread so that a hung solver cannot hold predict past its limit."""
     try:
         started = time.monotonic()
         if not harness.wait_ready(wait_s):
-            log.error("%s: the engine is not ready (failed or still loading)", problem_id)
+            failure.append(f"the engine is still loading after {wait_s:.0f} s")
+            log.error("%s: %s", problem_id, failure[0])
             return
         left_s = wait_s - (time.monotonic() - started)
         outcome.append(harness.solve(problem_id, text, timeout_s=max(0.0, left_s)))
-    except Exception:
-        log.exception("%s: the solver raised", problem_id)
+    except Exception as exc:  # the engine failed to load, or the solver raised
+        failure.append(f"{type(exc).__name__}: {exc}")
+        log.error("%s: no answer: %s", problem_id, failure[0])
 
 
 def _served_id(id_: Any) -> pl.Series:

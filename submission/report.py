@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,10 +60,29 @@ def atomic_path(path: Path):  # type: ignore[no-untyped-def]
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600 would hide the outputs from others
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def default_file_mode() -> int:
+    """The mode a plain open() would give a new file: 0666 less the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def fallback_reasons(
+    history: Sequence[ProblemSummary], noted: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """Every problem answered with the fallback, and why: predict's own, then the solver's."""
+    reasons = dict(noted or {})
+    for summary in history:
+        if summary.answered == 0:
+            reasons.setdefault(summary.problem_id, summary.stop_reason)
+    return reasons
 
 
 def attempts_frame(results: Sequence[ProblemResult]) -> pl.DataFrame:
@@ -82,8 +101,12 @@ def write_run_outputs(
     out_dir: Path,
     write_report: bool = True,
     extra_lines: Sequence[str] = (),
+    fallbacks: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
-    """attempts.parquet, problems.parquet, generations.jsonl (+ report.md, report.png)."""
+    """attempts.parquet, problems.parquet, generations.jsonl (+ report.md, report.png).
+
+    `fallbacks`: problems answered with the fallback outside the solver (predict's checks).
+    """
     attempts = attempts_frame(results)
     problems = problems_frame(history)
     written = {
@@ -95,7 +118,9 @@ def write_run_outputs(
     }
     if write_report:
         written["plot"] = _write(out_dir / "report.png", lambda p: plot_run(problems, p))
-        markdown = render_report(attempts, problems, extra_lines)
+        markdown = render_report(
+            attempts, problems, extra_lines, fallback_reasons(history, fallbacks)
+        )
         written["report"] = _write(
             out_dir / "report.md", lambda p: p.write_text(markdown, encoding="utf-8")
         )
@@ -120,8 +145,10 @@ def _write_generations(results: Sequence[ProblemResult], path: Path) -> None:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def summarize(attempts: pl.DataFrame, problems: pl.DataFrame) -> dict[str, Any]:
-    """The run's headline numbers."""
+def summarize(
+    attempts: pl.DataFrame, problems: pl.DataFrame, fallbacks: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The run's headline numbers (`fallbacks`: every fallback answer, from fallback_reasons)."""
     known = problems.filter(pl.col("is_correct").is_not_null())
     mismatch_kinds = (
         attempts.filter(pl.col("mismatch_kinds") != "")
@@ -130,8 +157,16 @@ def summarize(attempts: pl.DataFrame, problems: pl.DataFrame) -> dict[str, Any]:
         .len()
         .sort("kind")
     )
+    if fallbacks is None:
+        fallbacks = {
+            pid: reason
+            for pid, reason in problems.filter(pl.col("answered") == 0)
+            .select("problem_id", "stop_reason")
+            .iter_rows()
+        }
+    answered = set(problems["problem_id"]) | set(fallbacks)
     return {
-        "problems": problems.height,
+        "problems": len(answered),
         "correct": int(known["is_correct"].sum()) if known.height else None,
         "graded": known.height,
         "seconds": float(problems["seconds"].sum()),
@@ -141,14 +176,17 @@ def summarize(attempts: pl.DataFrame, problems: pl.DataFrame) -> dict[str, Any]:
         "code_errors": int(attempts["errors"].sum()),
         "output_mismatches": int(attempts["output_mismatches"].sum()),
         "mismatch_kinds": dict(zip(mismatch_kinds["kind"], mismatch_kinds["len"], strict=True)),
-        "fallbacks": problems.filter(pl.col("answered") == 0).height,
+        "fallbacks": len(fallbacks),
     }
 
 
 def render_report(
-    attempts: pl.DataFrame, problems: pl.DataFrame, extra_lines: Sequence[str] = ()
+    attempts: pl.DataFrame,
+    problems: pl.DataFrame,
+    extra_lines: Sequence[str] = (),
+    fallbacks: Mapping[str, str] | None = None,
 ) -> str:
-    s = summarize(attempts, problems)
+    s = summarize(attempts, problems, fallbacks)
     accuracy = (
         f"{s['correct']}/{s['graded']} ({100 * s['correct'] / s['graded']:.1f} %)"
         if s["graded"]
@@ -170,6 +208,9 @@ def render_report(
     ]
     for kind, count in s["mismatch_kinds"].items():
         lines.append(f"| - of kind {kind} | {count} |")
+    if fallbacks:
+        lines += ["", "## Fallback answers", "", "| problem | why |", "| --- | --- |"]
+        lines += [f"| {pid} | {why} |" for pid, why in sorted(fallbacks.items())]
     lines += [
         "",
         *extra_lines,

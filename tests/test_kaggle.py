@@ -23,10 +23,14 @@ class FakeHarness:
         self.ready = ready
         self.hang_s = hang_s
         self.calls: list[tuple[str, str, float | None]] = []
+        self.fallbacks: dict[str, str] = {}
         self.release = threading.Event()
 
     def wait_ready(self, timeout_s: float | None = None) -> bool:
         return self.ready
+
+    def note_fallback(self, problem_id: str, reason: str) -> None:
+        self.fallbacks[problem_id] = reason
 
     def solve(self, problem_id: str, problem: str, timeout_s: float | None = None) -> int:
         self.calls.append((problem_id, problem, timeout_s))
@@ -99,6 +103,8 @@ def test_bad_problems_get_the_fallback_without_solving(config: Config, problem: 
     kaggle.configure(harness, config)
     assert assert_valid_row(kaggle.predict(ids(), problem), ids(), config) == 7
     assert harness.calls == []
+    assert list(harness.fallbacks) == ["0e644e"]  # the run's report hears of it, with why
+    assert harness.fallbacks["0e644e"].startswith("problem ")
 
 
 def test_wrong_dtypes_and_extra_columns_still_answer(config: Config) -> None:
@@ -123,8 +129,10 @@ def test_an_id_that_is_not_a_series_is_answered_as_text(config: Config) -> None:
 )
 def test_solver_failures_and_bad_answers_get_the_fallback(config: Config, answer: Any) -> None:
     config.solver.fallback_answer = 11
-    kaggle.configure(FakeHarness(answer=answer), config)
+    harness = FakeHarness(answer=answer)
+    kaggle.configure(harness, config)
     assert assert_valid_row(kaggle.predict(ids(), problems()), ids(), config) == 11
+    assert str(answer) in harness.fallbacks["0e644e"]
 
 
 def test_engine_not_ready_gets_the_fallback(config: Config) -> None:
@@ -132,6 +140,7 @@ def test_engine_not_ready_gets_the_fallback(config: Config) -> None:
     kaggle.configure(harness, config)
     assert assert_valid_row(kaggle.predict(ids(), problems()), ids(), config) == 0
     assert harness.calls == []
+    assert "still loading" in harness.fallbacks["0e644e"]
 
 
 def test_the_fallback_is_forced_into_the_range() -> None:

@@ -146,11 +146,15 @@ def test_a_rerun_serves_before_the_engine_has_loaded(
     config = replay_config(profile, tmp_path)
     engines: list[SlowLoadingEngine] = []
 
-    def start_harness(config: Config, started_at: float) -> Harness:
+    def start_harness(config: Config, started_at: float, problems_total: int | None) -> Harness:
         engine = SlowLoadingEngine.from_config(config)
         engines.append(engine)  # type: ignore[arg-type]
         return Harness.start(
-            config, engine=engine, sandbox=Sandbox.from_config(config), started_at=started_at
+            config,
+            engine=engine,
+            sandbox=Sandbox.from_config(config),
+            started_at=started_at,
+            problems_total=problems_total,
         )
 
     SlowLoadingEngine.release.clear()
@@ -319,7 +323,8 @@ def test_the_kernel_bootstraps_from_our_wheel_alone(tmp_path: Path) -> None:
     test_csv = small_test_csv(tmp_path, rows=2)
     out = tmp_path / "out"
     python = str(tmp_path / "venv" / "bin" / "python")
-    flags = ["--set", "prompt.code_tags=tora", "--set", f"profile.competition_dir={tmp_path}/x"]
+    flags = ["--config", str(REPO / "submission" / "data" / "replay_gsm8k.toml")]
+    flags += ["--set", "prompt.code_tags=tora", "--set", f"profile.competition_dir={tmp_path}/x"]
     flags += ["--test-csv", str(test_csv), "--out", str(out)]
     done = subprocess.run(
         [python, str(alone), "--wheel-dir", str(dataset), *flags],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from submission.commands.kaggle_metadata import (
     CODE_FILE,
     DEFAULT_PATH,
     KERNEL_METADATA_FILE,
+    NOTEBOOK_FILE,
+    PLACEHOLDER_OWNER,
     check_metadata,
     metadata_from_config,
     slugify,
@@ -40,9 +43,13 @@ def good() -> dict[str, Any]:
     }
 
 
-def test_the_committed_metadata_passes_for_aimo3() -> None:
+def test_the_committed_metadata_passes_for_aimo3_once_its_owner_is_filled_in() -> None:
     meta = json.loads(DEFAULT_PATH.read_text())
-    assert check_metadata(meta, DEFAULT_PATH.parent, load_config("aimo3")) == []
+    config = load_config("aimo3")
+    (error,) = check_metadata(meta, DEFAULT_PATH.parent, config)
+    assert PLACEHOLDER_OWNER in error  # the one thing a competitor must edit
+    owned = metadata_from_config(config, meta, kernel_id="someone/aimo-tir-harness")
+    assert check_metadata(owned, DEFAULT_PATH.parent, config) == []
     assert meta["enable_internet"] is False  # written, not left to the CLI's default (true)
     assert (REPO / meta["code_file"]).is_file()
 
@@ -123,8 +130,81 @@ def test_cli_write_check_and_stage(tmp_path: Path) -> None:
     assert main([*args, "--check", "--profile", "aimo2"]) == 1  # H100, AIMO-3's competition
     assert main([*args, "--stage", str(tmp_path / "push")]) == 0
     staged = json.loads((tmp_path / "push" / KERNEL_METADATA_FILE).read_text())
-    assert staged["code_file"] == "kernel.py"
-    assert (tmp_path / "push" / "kernel.py").read_text() == "print('kernel')\n"
+    assert (staged["kernel_type"], staged["code_file"]) == ("notebook", NOTEBOOK_FILE)
+    notebook = json.loads((tmp_path / "push" / NOTEBOOK_FILE).read_text())
+    assert "print('kernel')\n" in notebook["cells"][1]["source"]
     assert check_metadata(staged, tmp_path / "push", load_config("aimo3")) == []
+    path.write_text(path.read_text().replace('"notebook"', '"script"'))
+    assert main([*args, "--stage", str(tmp_path / "script")]) == 0
+    staged = json.loads((tmp_path / "script" / KERNEL_METADATA_FILE).read_text())
+    assert staged["code_file"] == "kernel.py"
+    assert (tmp_path / "script" / "kernel.py").read_text() == "print('kernel')\n"
     path.write_text("{not json")
     assert main([*args, "--check"]) == 1
+
+
+def test_a_notebook_code_file_must_be_notebook_json(tmp_path: Path) -> None:
+    (tmp_path / "k.ipynb").write_text("print('not json')")
+    meta = good() | {"kernel_type": "notebook", "code_file": "k.ipynb"}
+    assert any("is not notebook JSON" in e for e in check_metadata(meta, tmp_path, load_config()))
+    (tmp_path / "k.ipynb").write_text('{"cells": []}')
+    assert check_metadata(meta, tmp_path, load_config()) == []
+
+
+def test_the_staged_notebook_runs_its_stages_in_a_notebook_kernel(tmp_path: Path) -> None:
+    """kernel.ipynb's code cells, one after another in an IPython kernel (jupyter_client).
+
+    A Kaggle-shaped tree ($AIMO_KAGGLE_ROOT) with a competition folder holding
+    test.csv and no kaggle_evaluation: the serve cell runs the built-in gateway.
+    """
+    import polars as pl
+    from jupyter_client.manager import start_new_kernel
+
+    from submission.commands.kaggle_metadata import kernel_notebook
+    from submission.config import PACKAGE_DATA
+
+    notebook = kernel_notebook((REPO / CODE_FILE).read_text(), "AIMO TIR Harness")
+    assert (notebook["nbformat"], notebook["nbformat_minor"]) == (4, 5)
+    assert len({c["id"] for c in notebook["cells"]}) == len(notebook["cells"])
+    headings = [c["source"][0] for c in notebook["cells"] if c["cell_type"] == "markdown"]
+    assert [h.split()[1] for h in headings[1:]] == ["1.", "2.", "3.", "4."]
+    competition = tmp_path / "kaggle" / "input" / "ai-mathematical-olympiad-progress-prize-3"
+    competition.mkdir(parents=True)
+    frame = pl.read_csv(PACKAGE_DATA / "gsm8k_first250.csv").head(2)
+    frame.select("id", "problem").write_csv(competition / "test.csv")
+    (tmp_path / "kaggle" / "working").mkdir()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        (PACKAGE_DATA / "replay_gsm8k.toml").read_text()
+        + '\n[output]\nout_dir = "/kaggle/working"\n'
+    )
+    env = {
+        **os.environ,
+        "AIMO_CODE_DIR": str(REPO),
+        "AIMO_KAGGLE_ROOT": str(tmp_path / "kaggle"),
+        "AIMO_CONFIG": str(config),
+    }
+    manager, client = start_new_kernel(kernel_name="python3", env=env, cwd=str(tmp_path))
+    outputs: list[str] = []
+
+    def collect(message: dict[str, Any]) -> None:
+        content = message["content"]
+        if message["msg_type"] == "stream":
+            outputs.append(content["text"])
+        elif message["msg_type"] == "error":
+            outputs.append("\n".join(content["traceback"]))
+
+    try:
+        for cell in notebook["cells"]:
+            if cell["cell_type"] == "code":
+                reply = client.execute_interactive(
+                    "".join(cell["source"]), timeout=240, output_hook=collect
+                )
+                assert reply["content"]["status"] == "ok", "".join(outputs)[-3000:]
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+    text = "".join(outputs)
+    assert "preflight:" in text and "problem 2/2" in text  # each stage's log under its cell
+    submission = pl.read_parquet(tmp_path / "kaggle" / "working" / "submission.parquet")
+    assert sorted(submission["id"]) == sorted(frame["id"])

@@ -2,8 +2,11 @@
 
 Checks, each reported as ok / warn / fail with a one-line reason: the Python
 version, the runtime packages, the optional engine's package, a GPU, the
-engine folder and its manifest (for `trtllm`), the sandbox (one real call),
-and the embedded default data. Exit code 1 when anything failed.
+engine folder and its manifest (for `trtllm`), the engine built from the
+config, the embedded default data, and the sandbox (one real call). Exit code 1
+when anything failed. `CHECKS` is the list, in order: one function per check,
+taking the config and yielding its findings; the kernel runs them all as its
+preflight (submission/kernel.py), so a check added here runs there too.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import importlib.util
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -44,17 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_checks(config: Config, sandbox: bool = True) -> list[Check]:
-    checks = [_python(), *(_package(name) for name in RUNTIME_PACKAGES)]
-    engine_package = ENGINE_PACKAGES.get(config.engine.kind)
-    if engine_package is not None:
-        checks.append(_package(engine_package, required=True))
-    checks.append(_gpu(required=config.engine.kind == "trtllm"))
-    if config.engine.kind == "trtllm":
-        checks += [_engine_dir(config), _trtllm_python(config), _mpi()]
-    checks.append(_embedded_data())
-    if sandbox:
-        checks.append(_sandbox(config))
-    return checks
+    """Every check's findings, in `CHECKS` order (`sandbox=False` skips the sandbox call)."""
+    checks = [c for c in CHECKS if sandbox or c is not check_sandbox]
+    return [found for check in checks for found in check(config)]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,10 +73,71 @@ def run(args: argparse.Namespace) -> int:
     return 1 if any(c.status == "fail" for c in checks) else 0
 
 
-def _python() -> Check:
+def check_python(config: Config) -> Iterator[Check]:
     version = ".".join(map(str, sys.version_info[:3]))
     ok = sys.version_info >= (3, 11)
-    return Check("python", "ok" if ok else "fail", version if ok else f"{version} < 3.11")
+    yield Check("python", "ok" if ok else "fail", version if ok else f"{version} < 3.11")
+
+
+def check_packages(config: Config) -> Iterator[Check]:
+    """The runtime packages, and the configured engine's own."""
+    for name in RUNTIME_PACKAGES:
+        yield _package(name)
+    engine_package = ENGINE_PACKAGES.get(config.engine.kind)
+    if engine_package is not None:
+        yield _package(engine_package, required=True)
+
+
+def check_gpu(config: Config) -> Iterator[Check]:
+    required = config.engine.kind == "trtllm"
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        yield Check("gpu", "fail" if required else "warn", "nvidia-smi not found")
+        return
+    try:
+        query = [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"]
+        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True)
+    except (subprocess.SubprocessError, OSError) as exc:
+        yield Check("gpu", "fail" if required else "warn", f"nvidia-smi failed: {exc}")
+        return
+    yield Check("gpu", "ok", "; ".join(out.stdout.strip().splitlines()))
+
+
+def check_engine_dir(config: Config) -> Iterator[Check]:
+    if config.engine.kind == "trtllm":
+        yield _engine_dir(config)
+
+
+def check_engine(config: Config) -> Iterator[Check]:
+    """The engine object the run would build (a bad path or setting fails here, not later)."""
+    from submission.engines.registry import create_engine
+
+    try:
+        engine = create_engine(config)
+    except Exception as exc:  # any constructor failure is this check's finding
+        yield Check("engine", "fail", f"{config.engine.kind}: {type(exc).__name__}: {exc}")
+        return
+    yield Check("engine", "ok", f"{config.engine.kind} ({type(engine).__name__}) built")
+
+
+def check_embedded_data(config: Config) -> Iterator[Check]:
+    files = sorted(p.name for p in PACKAGE_DATA.glob("*.jsonl"))
+    yield Check("embedded data", "ok" if files else "fail", ", ".join(files) or "missing")
+
+
+def check_sandbox(config: Config) -> Iterator[Check]:
+    from submission.sandbox import Sandbox
+
+    try:
+        with Sandbox.from_config(config) as sandbox:
+            result = sandbox.run("import sympy\nprint(sympy.factorint(360))", "doctor", 30.0)
+            guards = "; ".join(f"{name}: {how}" for name, how in sandbox.guards().items())
+    except Exception as exc:  # report any failure to start as a failed check, not a crash
+        yield Check("sandbox", "fail", f"{type(exc).__name__}: {exc}")
+        return
+    ok = result.status == "ok" and "{2: 3, 3: 2, 5: 1}" in result.stdout
+    detail = f"{result.status} in {result.seconds * 1000:.1f} ms; guards: {guards}"
+    yield Check("sandbox", "ok" if ok else "fail", detail)
 
 
 def _package(module: str, required: bool = True) -> Check:
@@ -91,18 +148,6 @@ def _package(module: str, required: bool = True) -> Check:
     except importlib.metadata.PackageNotFoundError:
         version = "installed"
     return Check(module, "ok", version)
-
-
-def _gpu(required: bool) -> Check:
-    smi = shutil.which("nvidia-smi")
-    if smi is None:
-        return Check("gpu", "fail" if required else "warn", "nvidia-smi not found")
-    try:
-        query = [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"]
-        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True)
-    except (subprocess.SubprocessError, OSError) as exc:
-        return Check("gpu", "fail" if required else "warn", f"nvidia-smi failed: {exc}")
-    return Check("gpu", "ok", "; ".join(out.stdout.strip().splitlines()))
 
 
 def _engine_dir(config: Config) -> Check:
@@ -181,20 +226,22 @@ def _mpi() -> Check:
     return Check("mpi4py", "ok", out.stdout.strip())
 
 
-def _embedded_data() -> Check:
-    files = sorted(p.name for p in PACKAGE_DATA.glob("*.jsonl"))
-    return Check("embedded data", "ok" if files else "fail", ", ".join(files) or "missing")
+def check_trtllm_runtime(config: Config) -> Iterator[Check]:
+    """For trtllm: this interpreter against the engine's wheels, and mpi4py."""
+    if config.engine.kind == "trtllm":
+        yield _trtllm_python(config)
+        yield _mpi()
 
 
-def _sandbox(config: Config) -> Check:
-    from submission.sandbox import Sandbox
-
-    try:
-        with Sandbox.from_config(config) as sandbox:
-            result = sandbox.run("import sympy\nprint(sympy.factorint(360))", "doctor", 30.0)
-            guards = "; ".join(f"{name}: {how}" for name, how in sandbox.guards().items())
-    except Exception as exc:  # report any failure to start as a failed check, not a crash
-        return Check("sandbox", "fail", f"{type(exc).__name__}: {exc}")
-    ok = result.status == "ok" and "{2: 3, 3: 2, 5: 1}" in result.stdout
-    detail = f"{result.status} in {result.seconds * 1000:.1f} ms; guards: {guards}"
-    return Check("sandbox", "ok" if ok else "fail", detail)
+# Every check, in the order reported. Each takes the config and yields what it found
+# (nothing when it does not apply to this config).
+CHECKS: list[Callable[[Config], Iterator[Check]]] = [
+    check_python,
+    check_packages,
+    check_gpu,
+    check_engine_dir,
+    check_trtllm_runtime,
+    check_engine,
+    check_embedded_data,
+    check_sandbox,
+]

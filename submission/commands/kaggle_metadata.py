@@ -11,7 +11,14 @@ missing), an H100 machine shape for AIMO-3, the competition attached.
 `--write` fills the file from the config: code file, language, kernel type,
 GPU, internet, machine shape and competition from the profile, dataset
 sources from `/kaggle/input/<slug>` paths in the engine config; the id,
-title and other datasets are kept from the existing file or given by flags.
+title and other datasets are kept from the existing file or given by flags
+(an `--id` owner replaces the placeholder owner in every source). `--check`
+rejects the placeholder owner `your-kaggle-username` wherever it is left.
+
+`--stage DIR` writes the folder `kaggle kernels push -p DIR` takes: for
+`kernel_type = "notebook"` the code file becomes `kernel.ipynb`, one cell per
+stage of the kernel (install, sandbox and preflight, engine, serve), so each
+stage's log shows under its own cell.
 """
 
 from __future__ import annotations
@@ -39,11 +46,44 @@ KERNEL_TYPES = ("script", "notebook")
 PINNING_TYPES = ("original", "latest")
 # Accelerators the Kaggle CLI docs list (docs/kernels.md, Feb 2026).
 MACHINE_SHAPES = (
-    "NvidiaTeslaP100", "NvidiaTeslaT4", "NvidiaTeslaT4Highmem", "NvidiaTeslaA100", "NvidiaL4",
-    "NvidiaL4X1", "NvidiaH100", "NvidiaRtxPro6000", "TpuV38", "Tpu1VmV38", "TpuV5E8", "TpuV6E8",
-)  # fmt: skip
+    "NvidiaTeslaP100",
+    "NvidiaTeslaT4",
+    "NvidiaTeslaT4Highmem",
+    "NvidiaTeslaA100",
+    "NvidiaL4",
+    "NvidiaL4X1",
+    "NvidiaH100",
+    "NvidiaRtxPro6000",
+    "TpuV38",
+    "Tpu1VmV38",
+    "TpuV5E8",
+    "TpuV6E8",
+)
 TITLE_MIN, TITLE_MAX = 5, 50  # the CLI checks the minimum; Kaggle's site caps titles at 50
 KAGGLE_INPUT = "/kaggle/input/"
+# The one placeholder owner in the committed metadata and offline_wheels/download.py.
+PLACEHOLDER_OWNER = "your-kaggle-username"
+NOTEBOOK_FILE = "kernel.ipynb"
+# The notebook's cells after the code file's definitions: (markdown title, code).
+NOTEBOOK_STAGES = (
+    (
+        "1. Install: our package and the offline wheels, then the config",
+        "configure_logging()\nrun = install_stage([])",
+    ),
+    (
+        "2. Sandbox and preflight: every doctor check (one real sandbox call)",
+        "preflight_stage(run)",
+    ),
+    (
+        "3. Engine: the sandbox, then the engine loading in the background",
+        "harness = engine_stage(run)",
+    ),
+    (
+        "4. Serve: `serve()` in a competition rerun, else the local gateway on test.csv",
+        "exit_code = serve_stage(run)\nif exit_code:\n"
+        "    raise KernelStop(exit_code, f'the run failed (exit {exit_code}): see the log above')",
+    ),
+)
 
 
 def slugify(title: str) -> str:
@@ -78,6 +118,9 @@ def check_metadata(meta: dict[str, Any], base_dir: Path, config: Config) -> list
         errors.append(f"language must be one of {LANGUAGES}, got {meta.get('language')!r}")
     if meta.get("kernel_type") not in KERNEL_TYPES:
         errors.append(f"kernel_type must be one of {KERNEL_TYPES}, got {meta.get('kernel_type')!r}")
+    elif meta["kernel_type"] == "notebook" and code_file and (base_dir / code_file).is_file():
+        errors += _notebook_errors(base_dir / code_file)
+    errors += _placeholder_errors(meta)
     for key in ("is_private", "enable_gpu", "enable_tpu", "enable_internet"):
         if key in meta and _as_bool(meta[key]) is None:
             errors.append(f"{key} must be true/false (or 'true'/'false'), got {meta[key]!r}")
@@ -115,6 +158,31 @@ def check_metadata(meta: dict[str, Any], base_dir: Path, config: Config) -> list
     return errors
 
 
+def _notebook_errors(path: Path) -> list[str]:
+    """What the CLI needs of a notebook code file: JSON with a list of cells (.py is staged)."""
+    if path.suffix == ".py":
+        return []  # --stage turns the script into kernel.ipynb
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8")).get("cells")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+        return [f"code_file {path.name} is not notebook JSON: {exc}"]
+    return [] if isinstance(cells, list) else [f"code_file {path.name} has no list of cells"]
+
+
+def _placeholder_errors(meta: dict[str, Any]) -> list[str]:
+    owners = [meta.get("id")]
+    for key in ("dataset_sources", "kernel_sources", "model_sources"):
+        value = meta.get(key)
+        owners += value if isinstance(value, list) else []
+    left = sorted({str(o) for o in owners if str(o).split("/")[0] == PLACEHOLDER_OWNER})
+    if not left:
+        return []
+    return [
+        f"{PLACEHOLDER_OWNER!r} is a placeholder: put your Kaggle username in {left} "
+        "(--write --id USER/SLUG does it; docs/kaggle.md: what to edit before pushing)"
+    ]
+
+
 def metadata_from_config(
     config: Config,
     existing: dict[str, Any],
@@ -129,13 +197,19 @@ def metadata_from_config(
     meta["title"] = title or meta.get("title")
     meta["code_file"] = CODE_FILE
     meta["language"] = "python"
-    meta["kernel_type"] = "script"
+    meta["kernel_type"] = (
+        meta.get("kernel_type") if meta.get("kernel_type") in KERNEL_TYPES else "notebook"
+    )
     meta["is_private"] = True
     meta["enable_gpu"] = True
     meta["enable_internet"] = False
     meta["machine_shape"] = config.profile.machine_shape
     meta["competition_sources"] = [Path(config.profile.competition_dir).name]
     sources = list(meta.get("dataset_sources", [])) + list(datasets)
+    if owner is not None and owner != PLACEHOLDER_OWNER:
+        sources = [_owned_by(s, owner) for s in sources]
+        for key in ("kernel_sources", "model_sources"):
+            meta[key] = [_owned_by(s, owner) for s in meta.get(key, [])]
     for slug in config_dataset_slugs(config):
         if owner is None:
             log.warning("dataset %r is in the config, but no id gives its owner", slug)
@@ -147,6 +221,12 @@ def metadata_from_config(
     return meta
 
 
+def _owned_by(source: str, owner: str) -> str:
+    """`source` with the placeholder owner replaced by `owner`."""
+    head, sep, rest = source.partition("/")
+    return f"{owner}{sep}{rest}" if head == PLACEHOLDER_OWNER else source
+
+
 def config_dataset_slugs(config: Config) -> list[str]:
     """Dataset slugs named by /kaggle/input/<slug>/... paths in the engine config."""
     engine = config.engine
@@ -156,14 +236,66 @@ def config_dataset_slugs(config: Config) -> list[str]:
 
 
 def stage(meta: dict[str, Any], base_dir: Path, folder: Path) -> Path:
-    """A folder `kaggle kernels push -p FOLDER` accepts: kernel-metadata.json + the code file."""
+    """A folder `kaggle kernels push -p FOLDER` accepts: kernel-metadata.json + the code file.
+
+    A notebook kernel gets `kernel.ipynb`, made from the code file (a script) by
+    `kernel_notebook`; a script kernel gets the code file itself.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     code = base_dir / meta["code_file"]
-    shutil.copy2(code, folder / code.name)
-    staged = dict(meta, code_file=code.name)
+    if meta.get("kernel_type") == "notebook" and code.suffix == ".py":
+        notebook = kernel_notebook(code.read_text(encoding="utf-8"), meta.get("title", ""))
+        (folder / NOTEBOOK_FILE).write_text(json.dumps(notebook, indent=1) + "\n", "utf-8")
+        code_name = NOTEBOOK_FILE
+    else:
+        shutil.copy2(code, folder / code.name)
+        code_name = code.name
+    staged = dict(meta, code_file=code_name)
     path = folder / KERNEL_METADATA_FILE
     path.write_text(json.dumps(staged, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def kernel_notebook(script: str, title: str = "") -> dict[str, Any]:
+    """The kernel script as an nbformat-4 notebook: its definitions, then one cell per stage.
+
+    The script's `if __name__ == "__main__":` block is left out (in a notebook
+    `__name__` is "__main__" too); the stage cells call what `main()` calls.
+    """
+    guard = script.find('\nif __name__ == "__main__":')
+    definitions = script[:guard].rstrip() + "\n" if guard >= 0 else script
+    cells = [
+        _cell(
+            "markdown",
+            f"# {title or 'AIMO kernel'}\n\nGenerated from `{CODE_FILE}` "
+            "by `python -m submission kaggle-metadata --stage`: edit the script, not this.",
+        )
+    ]
+    cells.append(_cell("code", definitions))
+    for heading, code in NOTEBOOK_STAGES:
+        cells += [_cell("markdown", f"## {heading}"), _cell("code", code)]
+    for number, cell in enumerate(cells):  # nbformat 4.5 wants ids; stable ones diff well
+        cell["id"] = f"cell-{number}"
+    return {
+        "cells": cells,
+        "metadata": {
+            "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+            "language_info": {"name": "python"},
+        },
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
+
+
+def _cell(kind: str, text: str) -> dict[str, Any]:
+    cell: dict[str, Any] = {
+        "cell_type": kind,
+        "metadata": {},
+        "source": text.splitlines(keepends=True),
+    }
+    if kind == "code":
+        cell |= {"execution_count": None, "outputs": []}
+    return cell
 
 
 def _kernel_string_errors(value: Any, what: str) -> list[str]:

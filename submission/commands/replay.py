@@ -13,22 +13,24 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
 
 from submission.answer import normalize_integer
 from submission.config import PACKAGE_DATA, Config, ConfigError, add_config_arguments, load_config
+from submission.local_run import (
+    LocalRun,
+    ProblemFileError,
+    read_problems,
+    run_locally,
+    usable_out_dir,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROBLEMS = PACKAGE_DATA / "gsm8k_first250.csv"
 REPLAY_DEFAULTS = PACKAGE_DATA / "replay_gsm8k.toml"
-
-
-class ProblemFileError(ValueError):
-    """A problem file that can't be used, with a one-line reason."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,29 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=None, help="output folder (default: output.out_dir)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the gateway's shuffle")
-
-
-def read_problems(path: Path, limit: int | None = None) -> pl.DataFrame:
-    """id (String), problem (String) and, when present, answer (Int64); a clear error otherwise."""
-    if not path.is_file():
-        raise ProblemFileError(f"problem file not found: {path}")
-    try:
-        frame = pl.read_csv(path, infer_schema=False)
-    except (pl.exceptions.PolarsError, UnicodeDecodeError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ProblemFileError(f"problem file {path} is not a readable CSV: {reason}") from None
-    missing = {"id", "problem"} - set(frame.columns)
-    if missing:
-        raise ProblemFileError(
-            f"problem file {path} lacks column(s) {sorted(missing)} (has {frame.columns})"
-        )
-    if frame["id"].null_count() or frame["id"].n_unique() != frame.height:
-        raise ProblemFileError(f"problem file {path}: ids must be present and unique")
-    if "answer" in frame.columns:
-        answers = [None if a is None else normalize_integer(a) for a in frame["answer"].to_list()]
-        frame = frame.with_columns(pl.Series("answer", answers, dtype=pl.Int64))
-    frame = frame.with_columns(pl.col("problem").fill_null(""))
-    return frame.head(limit) if limit is not None else frame
 
 
 def replay_config(args: argparse.Namespace) -> Config:
@@ -107,11 +86,10 @@ def run(args: argparse.Namespace) -> int:
     except (ConfigError, ProblemFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    out_dir = args.out or Path(config.output.out_dir)
-    from submission import gateway, kaggle
+    out_dir = usable_out_dir(args.out or Path(config.output.out_dir))
+    from submission import kaggle
     from submission.harness import Harness
 
-    started = time.monotonic()
     expected = (
         dict(zip(problems["id"], problems["answer"], strict=True))
         if "answer" in problems.columns
@@ -119,33 +97,21 @@ def run(args: argparse.Namespace) -> int:
     )
     with _progress(problems.height, enabled=config.output.progress) as advance:
         harness = Harness.start(config, problems_total=problems.height, on_problem=advance)
-        try:
-            kaggle.configure(harness, config)
-            test_csv = _write_test_csv(problems, out_dir)
-            evaluation = (
-                kaggle.find_kaggle_evaluation(args.data_dir, config.profile)
-                if args.data_dir
-                else None
-            )
-            if evaluation is not None:
-                submission_path = kaggle.run_real_local_gateway(
-                    evaluation, config, test_csv, out_dir
-                )
-            else:
-                submission_path = gateway.run_builtin_gateway(
-                    kaggle.predict, test_csv, config.profile, out_dir, seed=args.seed
-                )
-        finally:
-            harness.close()
-    harness.core.grade(expected)
-    extra = recorded_accuracy_lines(harness.core.engine, problems)
-    from submission.report import write_run_outputs
-
-    written = write_run_outputs(
-        harness.results, harness.core.history, out_dir, config.output.write_report, extra
-    )
-    _print_summary(harness, submission_path, written, extra, time.monotonic() - started)
-    return 0
+        evaluation = (
+            kaggle.find_kaggle_evaluation(args.data_dir, config.profile) if args.data_dir else None
+        )
+        outcome = run_locally(
+            harness,
+            config,
+            _write_test_csv(problems, out_dir),
+            out_dir,
+            evaluation,
+            seed=args.seed,
+            expected=expected,
+            extra_lines=lambda h: recorded_accuracy_lines(h.core.engine, problems),
+        )
+    _print_summary(harness, outcome)
+    return 0 if outcome.ok else 1
 
 
 def _write_test_csv(problems: pl.DataFrame, out_dir: Path) -> Path:
@@ -190,26 +156,29 @@ class _progress:
             logging.getLogger().handlers = self._saved_handlers
 
 
-def _print_summary(harness, submission_path, written, extra, seconds) -> None:  # type: ignore[no-untyped-def]
+def _print_summary(harness: object, outcome: LocalRun) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from submission.report import attempts_frame, problems_frame, summarize
+    from submission.report import attempts_frame, fallback_reasons, problems_frame, summarize
 
-    s = summarize(attempts_frame(harness.results), problems_frame(harness.core.history))
+    core = harness.core  # type: ignore[attr-defined]
+    fallbacks = fallback_reasons(core.history, core.fallbacks)
+    s = summarize(attempts_frame(core.results), problems_frame(core.history), fallbacks)
     table = Table(title="replay", show_header=False)
     if s["graded"]:
         table.add_row(
             "accuracy", f"{s['correct']}/{s['graded']} ({100 * s['correct'] / s['graded']:.1f} %)"
         )
-    for line in extra:
+    for line in outcome.notes:
         table.add_row("", line.replace("`", ""))
     table.add_row("problems", str(s["problems"]))
-    table.add_row("wall time", f"{seconds:.1f} s")
+    table.add_row("fallback answers", str(s["fallbacks"]))
+    table.add_row("wall time", f"{outcome.seconds:.1f} s")
     table.add_row("attempts / code calls", f"{s['attempts']} / {s['code_calls']}")
     kinds = ", ".join(f"{k}: {v}" for k, v in s["mismatch_kinds"].items()) or "none"
     table.add_row("sandbox output != recorded", f"{s['output_mismatches']} ({kinds})")
-    table.add_row("submission", str(submission_path))
-    for name, path in written.items():
+    table.add_row("submission", str(outcome.submission or "none: " + "; ".join(outcome.faults)))
+    for name, path in outcome.written.items():
         table.add_row(name, str(path))
     Console().print(table)
