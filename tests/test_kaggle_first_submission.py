@@ -327,6 +327,10 @@ def test_a_killed_serving_kernel_leaves_no_sandbox_folders(tmp_path: Path) -> No
         str(REPLAY_TOML),
         "--set",
         "prompt.code_tags=tora",
+        # Private mount namespaces keep session folders off the host's /tmp altogether;
+        # without them the folders live in TMPDIR, the case a killed kernel could leave.
+        "--set",
+        "sandbox.use_namespaces=false",
         "--data-dir",
         str(data),
     ]
