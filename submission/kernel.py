@@ -212,7 +212,7 @@ def install_stage(argv: list[str] | None = None) -> KernelRun:
 
 def preflight_stage(run: KernelRun) -> None:
     """Stage 2: every doctor check; a failure stops an interactive session (raises KernelStop)."""
-    from submission.commands.doctor import run_checks
+    from submission.preflight import run_checks
 
     if not _rerun():
         run.problems_total = _count_problems(run)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from submission.__main__ import main
-from submission.commands.doctor import run_checks
 from submission.config import load_config
 from submission.manifest import EngineManifest, hash_folder, write_manifest
+from submission.preflight import run_checks
 
 
 def by_name(checks: list) -> dict:  # type: ignore[type-arg]

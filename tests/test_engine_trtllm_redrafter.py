@@ -221,7 +221,7 @@ def test_no_wheel_for_python_3_11():
 
 
 def test_preflight_refuses_an_interpreter_without_a_wheel(tmp_path, monkeypatch):
-    from submission.commands import doctor
+    from submission import preflight as doctor
 
     (tmp_path / "config.json").write_text(json.dumps({"version": "1.0.0"}))
     config = load_config(overrides=["engine.kind=trtllm", f"engine.trtllm.engine_dir={tmp_path}"])

@@ -1,0 +1,216 @@
+"""Is this machine ready to run the configured harness: the checks, as a list of functions.
+
+Each check is reported as ok / warn / fail with a one-line reason: the Python
+version, the runtime packages, the optional engine's package, a GPU, the
+engine folder and its manifest (for `trtllm`), the interpreter and MPI the
+pinned TensorRT-LLM needs, the engine built from the config, the embedded
+default data, and the sandbox (one real call, with its guards). `CHECKS` is the
+list, in order: one function per check, taking the config and yielding its
+findings. `python -m submission doctor` prints them; the kernel runs them all as
+its preflight (submission/kernel.py), so a check added here runs there too.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from submission.config import PACKAGE_DATA, Config
+
+Status = Literal["ok", "warn", "fail"]
+RUNTIME_PACKAGES = ("polars", "pyarrow", "numpy", "sympy", "psutil", "rich", "matplotlib")
+ENGINE_PACKAGES = {"trtllm": "tensorrt_llm", "hf": "transformers", "openai": "httpx"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+
+
+def run_checks(config: Config, sandbox: bool = True) -> list[Check]:
+    """Every check's findings, in `CHECKS` order (`sandbox=False` skips the sandbox call)."""
+    checks = [c for c in CHECKS if sandbox or c is not check_sandbox]
+    return [found for check in checks for found in check(config)]
+
+
+def check_python(config: Config) -> Iterator[Check]:
+    version = ".".join(map(str, sys.version_info[:3]))
+    ok = sys.version_info >= (3, 11)
+    yield Check("python", "ok" if ok else "fail", version if ok else f"{version} < 3.11")
+
+
+def check_packages(config: Config) -> Iterator[Check]:
+    """The runtime packages, and the configured engine's own."""
+    for name in RUNTIME_PACKAGES:
+        yield _package(name)
+    engine_package = ENGINE_PACKAGES.get(config.engine.kind)
+    if engine_package is not None:
+        yield _package(engine_package, required=True)
+
+
+def check_gpu(config: Config) -> Iterator[Check]:
+    required = config.engine.kind == "trtllm"
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        yield Check("gpu", "fail" if required else "warn", "nvidia-smi not found")
+        return
+    try:
+        query = [smi, "--query-gpu=name,memory.total", "--format=csv,noheader"]
+        out = subprocess.run(query, capture_output=True, text=True, timeout=20, check=True)
+    except (subprocess.SubprocessError, OSError) as exc:
+        yield Check("gpu", "fail" if required else "warn", f"nvidia-smi failed: {exc}")
+        return
+    yield Check("gpu", "ok", "; ".join(out.stdout.strip().splitlines()))
+
+
+def check_engine_dir(config: Config) -> Iterator[Check]:
+    if config.engine.kind == "trtllm":
+        yield _engine_dir(config)
+
+
+def check_engine(config: Config) -> Iterator[Check]:
+    """The engine object the run would build (a bad path or setting fails here, not later)."""
+    from submission.engines.registry import create_engine
+
+    try:
+        engine = create_engine(config)
+    except Exception as exc:  # any constructor failure is this check's finding
+        yield Check("engine", "fail", f"{config.engine.kind}: {type(exc).__name__}: {exc}")
+        return
+    yield Check("engine", "ok", f"{config.engine.kind} ({type(engine).__name__}) built")
+
+
+def check_embedded_data(config: Config) -> Iterator[Check]:
+    files = sorted(p.name for p in PACKAGE_DATA.glob("*.jsonl"))
+    yield Check("embedded data", "ok" if files else "fail", ", ".join(files) or "missing")
+
+
+def check_sandbox(config: Config) -> Iterator[Check]:
+    from submission.sandbox import Sandbox
+
+    try:
+        with Sandbox.from_config(config) as sandbox:
+            result = sandbox.run("import sympy\nprint(sympy.factorint(360))", "doctor", 30.0)
+            guards = "; ".join(f"{name}: {how}" for name, how in sandbox.guards().items())
+    except Exception as exc:  # report any failure to start as a failed check, not a crash
+        yield Check("sandbox", "fail", f"{type(exc).__name__}: {exc}")
+        return
+    ok = result.status == "ok" and "{2: 3, 3: 2, 5: 1}" in result.stdout
+    detail = f"{result.status} in {result.seconds * 1000:.1f} ms; guards: {guards}"
+    yield Check("sandbox", "ok" if ok else "fail", detail)
+
+
+def _package(module: str, required: bool = True) -> Check:
+    if importlib.util.find_spec(module) is None:
+        return Check(module, "fail" if required else "warn", "not installed")
+    try:
+        version = importlib.metadata.version(module.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        version = "installed"
+    return Check(module, "ok", version)
+
+
+def _engine_dir(config: Config) -> Check:
+    from submission.manifest import ManifestError, read_manifest, verify_files
+
+    engine_dir = Path(config.engine.trtllm.engine_dir)
+    if not (engine_dir / "config.json").is_file():
+        return Check("engine dir", "fail", f"no config.json in {engine_dir!s}")
+    try:
+        manifest = read_manifest(engine_dir)
+    except ManifestError as exc:
+        return Check("engine dir", "fail", str(exc))
+    problems = verify_files(engine_dir, manifest)
+    if problems:
+        return Check("engine dir", "fail", f"{len(problems)} file problem(s): {problems[0]}")
+    greedy = " (GREEDY drafter: attempts identical)" if manifest.greedy_drafter else ""
+    return Check(
+        "engine dir",
+        "warn" if greedy else "ok",
+        f"TensorRT-LLM {manifest.tensorrt_llm_version}, {manifest.quantization}, "
+        f"max_seq_len {manifest.max_seq_len}{greedy}",
+    )
+
+
+def _trtllm_python(config: Config) -> Check:
+    """This interpreter against engine.trtllm.python_version and the TensorRT-LLM wheels."""
+    from submission.engines.trtllm_folder import wheel_python_problem
+
+    python = "{}.{}".format(*sys.version_info[:2])
+    version, source = _tensorrt_llm_version(Path(config.engine.trtllm.engine_dir))
+    wanted = config.engine.trtllm.python_version
+    problem = wheel_python_problem(python, wanted, version)
+    if problem is not None:
+        return Check("python for trtllm", "fail", f"{problem} ({source})")
+    return Check(
+        "python for trtllm", "ok", f"CPython {python}, TensorRT-LLM {version or '?'} ({source})"
+    )
+
+
+def _tensorrt_llm_version(engine_dir: Path) -> tuple[str, str]:
+    """The TensorRT-LLM version the engine needs (manifest, config.json), else the installed one."""
+    import json
+
+    from submission.manifest import ManifestError, read_manifest
+
+    try:
+        return read_manifest(engine_dir).tensorrt_llm_version, "manifest"
+    except ManifestError:
+        pass
+    try:
+        return str(json.loads((engine_dir / "config.json").read_text())["version"]), "config.json"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        return importlib.metadata.version("tensorrt-llm"), "installed"
+    except importlib.metadata.PackageNotFoundError:
+        return "", "no engine folder, TensorRT-LLM not installed"
+
+
+def _mpi() -> Check:
+    """mpi4py and its MPI library: importing tensorrt_llm imports mpi4py (llmapi/mpi_session.py).
+
+    Checked in a child process: MPI must not be initialised in this one before the
+    sandbox forks.
+    """
+    probe = "from mpi4py import MPI; print(MPI.Get_library_version().splitlines()[0])"
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60
+        )
+    except (subprocess.SubprocessError, OSError) as exc:
+        return Check("mpi4py", "fail", f"could not run the probe: {exc}")
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return Check("mpi4py", "fail", f"`from mpi4py import MPI` failed: {last}")
+    return Check("mpi4py", "ok", out.stdout.strip())
+
+
+def check_trtllm_runtime(config: Config) -> Iterator[Check]:
+    """For trtllm: this interpreter against the engine's wheels, and mpi4py."""
+    if config.engine.kind == "trtllm":
+        yield _trtllm_python(config)
+        yield _mpi()
+
+
+# Every check, in the order reported. Each takes the config and yields what it found
+# (nothing when it does not apply to this config).
+CHECKS: list[Callable[[Config], Iterator[Check]]] = [
+    check_python,
+    check_packages,
+    check_gpu,
+    check_engine_dir,
+    check_trtllm_runtime,
+    check_engine,
+    check_embedded_data,
+    check_sandbox,
+]
