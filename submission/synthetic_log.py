@@ -314,25 +314,34 @@ def summary_statistics(frame: pl.DataFrame) -> dict[str, float]:
     }
 
 
-def write_embedded(model: SyntheticLogModel, seed: int = SEED) -> None:
-    EMBEDDED_MODEL.write_text(
-        json.dumps({"seed": seed, **dataclasses.asdict(model)}, indent=1) + "\n"
-    )
+def write_embedded(real: pl.DataFrame, seed: int = SEED) -> None:
+    """Fit `real`, draw the embedded log, and keep the real log's statistics beside the model."""
+    model = fit(real)
+    record = {
+        "seed": seed,
+        "model": dataclasses.asdict(model),
+        "fitted_log_statistics": summary_statistics(real),
+    }
+    EMBEDDED_MODEL.write_text(json.dumps(record, indent=1) + "\n")
     generate(model, seed).write_csv(EMBEDDED_LOG)
 
 
 def load_embedded_model() -> tuple[SyntheticLogModel, int]:
     """The embedded log's parameters and seed."""
-    values = json.loads(EMBEDDED_MODEL.read_text())
-    seed = values.pop("seed")
-    return SyntheticLogModel(**values), seed
+    record = json.loads(EMBEDDED_MODEL.read_text())
+    return SyntheticLogModel(**record["model"]), record["seed"]
+
+
+def fitted_log_statistics() -> dict[str, float]:
+    """summary_statistics() of the real log the embedded model was fitted to."""
+    return json.loads(EMBEDDED_MODEL.read_text())["fitted_log_statistics"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--fit", required=True, help="the real attempt log to fit (CSV)")
     args = parser.parse_args(argv)
-    write_embedded(fit(pl.read_csv(args.fit, schema_overrides={"problem_id": pl.String})))
+    write_embedded(pl.read_csv(args.fit, schema_overrides={"problem_id": pl.String}))
     print(f"wrote {EMBEDDED_MODEL} and {EMBEDDED_LOG}")
     return 0
 

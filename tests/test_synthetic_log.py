@@ -11,12 +11,11 @@ import pytest
 from submission.synthetic_log import (
     EMBEDDED_LOG,
     fit,
+    fitted_log_statistics,
     generate,
     load_embedded_model,
     summary_statistics,
 )
-
-REAL_LOG = Path(__file__).resolve().parents[2] / "shared/data/attempts/hard50_dev_half.csv"
 
 # How far the embedded log may sit from the real one: about twice the spread of each
 # statistic over 20 logs drawn from the fitted model (the model's own noise at 25 problems),
@@ -48,13 +47,10 @@ def test_the_embedded_log_is_what_the_embedded_model_draws() -> None:
     assert shipped.height == model.problems * model.attempts
 
 
-def test_the_embedded_log_reproduces_the_real_logs_statistics() -> None:
-    if not REAL_LOG.is_file():
-        pytest.skip(f"the real log is not in a clone ({REAL_LOG}); this compares against it")
-    real = pl.read_csv(REAL_LOG, schema_overrides={"problem_id": pl.String})
+def test_the_embedded_log_reproduces_the_fitted_logs_statistics() -> None:
     embedded = summary_statistics(pl.read_csv(EMBEDDED_LOG))
-    target = summary_statistics(real)
-    assert set(embedded) == set(ABSOLUTE) | set(RELATIVE)
+    target = fitted_log_statistics()  # the real log's, kept beside the model
+    assert set(embedded) == set(target) == set(ABSOLUTE) | set(RELATIVE)
     off = {
         name: (embedded[name], target[name])
         for name in embedded
@@ -62,7 +58,14 @@ def test_the_embedded_log_reproduces_the_real_logs_statistics() -> None:
         > ABSOLUTE.get(name, RELATIVE.get(name, 0) * abs(target[name]))
     }
     assert not off, off
-    # The embedded parameters are the fit of the real log (up to polars' summation order).
+
+
+def test_the_kept_statistics_and_the_model_are_the_real_logs(shared_data: Path) -> None:
+    real = pl.read_csv(
+        shared_data / "attempts" / "hard50_dev_half.csv", schema_overrides={"problem_id": pl.String}
+    )
+    assert summary_statistics(real) == pytest.approx(fitted_log_statistics(), rel=1e-9)
+    # Refitting changes nothing (up to polars' summation order).
     model, _ = load_embedded_model()
     assert dataclasses.asdict(fit(real)) == pytest.approx(dataclasses.asdict(model), rel=1e-9)
 
