@@ -146,8 +146,8 @@ class EarlyStopConfig:
 
     # Stop when this many finished attempts agree ...
     agree: int = 5
-    # ... unless time is ample: while every running attempt could still decode this many
-    # tokens by the deadline, only a leader the running attempts can't catch settles it.
+    # ... unless time is ample: while the running attempts are projected to reach this many
+    # tokens by the deadline (all streams kept), only a leader they can't catch settles it.
     patient_tokens: int = 40_000
     # Stop when the leader can no longer be caught by the attempts still running.
     stop_when_uncatchable: bool = True

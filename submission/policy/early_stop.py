@@ -37,10 +37,11 @@ class SettledVote:
     """Our default early stop: rules on votes and progress, plus narrowing to what can finish.
 
     1. Stop when `agree` finished attempts agree, or the leader can't be caught.
-       Patience: while every running attempt could still decode `patient_tokens`
-       by the deadline (time is ample), only a leader that can't be caught
-       settles it (rules 1's agreement and 2 wait): later, longer attempts
-       still vote, and on the logs they are right slightly more often.
+       Patience: while the running attempts are projected to reach
+       `patient_tokens` by the deadline with every stream kept (time is ample),
+       only a leader that can't be caught settles it (rule 1's agreement and
+       rule 2 wait): later, longer attempts still vote, and on the logs they
+       are right slightly more often.
     2. A lead of one vote settles it once `late_fraction` of the budget has
        passed, or at once when the budget is tight: when even the streams kept
        by narrowing can't decode `give_up_tokens` by the deadline, a second vote
