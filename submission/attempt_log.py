@@ -3,7 +3,8 @@
 An attempt log (CSV or parquet) has one row per recorded attempt: `problem_id`,
 `answer`, `is_none` (cut off before answering), `tokens`, `time_s`, and optionally
 `is_correct`, `code_calls`, `errors`, `entropy`. The simulator and the sim engine
-both read it through this module.
+both read it through this module, and calibrate their engine model from it
+(`calibrate_engine`). The default log is the embedded synthetic one.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from pathlib import Path
 
 import polars as pl
 
+from submission.config import SimEngineConfig
+
 REQUIRED_COLUMNS = ("problem_id", "answer", "is_none", "tokens", "time_s")
+# The embedded synthetic log (submission/synthetic_log.py draws it from a model fitted to a
+# real log of 25 hard problems x 24 attempts, 24 streams at once, which has no licence).
+DEFAULT_ATTEMPTS = Path(__file__).resolve().parent / "data" / "synthetic_attempts.csv"
 
 
 class AttemptLogError(ValueError):
@@ -76,18 +82,52 @@ def problems_from_log(frame: pl.DataFrame) -> list[LoggedProblem]:
     return problems
 
 
-def calibrate_single_stream_rate(frame: pl.DataFrame, concurrency: int, contention: float) -> float:
-    """R1: the median attempt's tokens per second, with the recorded concurrency's slow-down undone.
+@dataclass(frozen=True)
+class EngineCalibration:
+    """The engine the log was recorded on, as the simulator models it."""
 
-    The median, not the log's total tokens over its total seconds: an attempt's
-    seconds also hold its code runs (about 2 s per call on hard50, fitted), which
-    this decode-only model has no place for, so the long, code-heavy attempts
-    would pull the rate of every stream down. With the median the simulator
-    reproduces the anchors' scores of issue 4's independent evaluation
-    (docs/policy.md).
+    single_stream_rate: float  # R1: tokens/s of one stream alone on the engine
+    code_call_s: float  # seconds each code call keeps its stream off the engine
+
+
+def calibrate_engine(frame: pl.DataFrame, concurrency: int, contention: float) -> EngineCalibration:
+    """Fit time_s = tokens / r + code_calls * c over the timed attempts (least squares).
+
+    r is a stream's decode rate at the recorded concurrency; R1 undoes that
+    concurrency's slow-down: R1 = r * (1 + a*(concurrency-1)). Charging the code
+    calls their own time keeps the long, code-heavy attempts from reading as a
+    slow engine (on hard50: r = 62.5 tokens/s, c = 2.1 s per call).
     """
     timed = frame.filter(pl.col("time_s") > 0)
     if timed.height == 0:
         raise AttemptLogError("no attempt with time_s > 0 to calibrate the engine's speed from")
-    per_stream = float((timed["tokens"] / timed["time_s"]).median())
-    return per_stream * (1.0 + contention * (concurrency - 1))
+    tokens = timed["tokens"].cast(pl.Float64)
+    calls = (
+        timed["code_calls"].cast(pl.Float64).fill_null(0.0)
+        if "code_calls" in timed.columns
+        else pl.Series([0.0] * timed.height)
+    )
+    seconds = timed["time_s"].cast(pl.Float64)
+    # Normal equations of the two-parameter fit (seconds per token, seconds per call).
+    stt, stc, scc = (tokens * tokens).sum(), (tokens * calls).sum(), (calls * calls).sum()
+    sty, scy = (tokens * seconds).sum(), (calls * seconds).sum()
+    det = stt * scc - stc * stc
+    if scc == 0 or det <= 1e-9 * stt * scc:
+        per_token, per_call = sty / stt, 0.0  # no code calls to tell apart
+    else:
+        per_token = (sty * scc - scy * stc) / det
+        per_call = (scy * stt - sty * stc) / det
+    if per_token <= 0 or per_call < 0:
+        # Calls that explain all the time (or negative call time): charge tokens only.
+        per_token, per_call = sty / stt, 0.0
+    rate = 1.0 / per_token
+    return EngineCalibration(rate * (1.0 + contention * (concurrency - 1)), per_call)
+
+
+def engine_calibration(frame: pl.DataFrame, sim: SimEngineConfig) -> EngineCalibration:
+    """The fit from the log, with what `engine.sim` sets explicitly put in its place."""
+    fitted = calibrate_engine(frame, sim.concurrency, sim.contention)
+    return EngineCalibration(
+        sim.tokens_per_s or fitted.single_stream_rate,
+        fitted.code_call_s if sim.code_call_s < 0 else sim.code_call_s,
+    )

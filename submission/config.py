@@ -144,8 +144,11 @@ class BudgetConfig:
 class EarlyStopConfig:
     """When the vote is settled and how it is counted (policy.early_stop, policy.selection)."""
 
-    # Stop when this many finished attempts agree.
+    # Stop when this many finished attempts agree ...
     agree: int = 5
+    # ... unless time is ample: while the running attempts are projected to reach this many
+    # tokens by the deadline (all streams kept), only a leader they can't catch settles it.
+    patient_tokens: int = 40_000
     # Stop when the leader can no longer be caught by the attempts still running.
     stop_when_uncatchable: bool = True
     # After this fraction of the problem's budget, a lead of one vote settles it.
@@ -230,11 +233,14 @@ class ReplayEngineConfig:
 class SimEngineConfig:
     """The sim engine: synthetic attempts drawn from an attempt log, for timing work."""
 
-    # Attempt log (CSV or parquet); required when engine.kind = "sim" (none is shipped).
+    # Attempt log (CSV or parquet); empty = the embedded synthetic log
+    # (submission/data/synthetic_attempts.csv, drawn by submission/synthetic_log.py).
     attempts_csv: str = ""
-    # Single-stream decode rate (tokens/s); 0 = calibrate from the log (the median
-    # attempt's tokens/s, the recorded concurrency's slow-down undone).
+    # Single-stream decode rate (tokens/s); 0 = fitted from the log with code_call_s (least
+    # squares of time_s on tokens and code calls, the recorded concurrency's slow-down undone).
     tokens_per_s: float = 0.0
+    # Seconds each code call keeps its stream off the engine; negative = fitted from the log.
+    code_call_s: float = -1.0
     # Slow-down per extra concurrent stream: rate = R1 / (1 + a*(n-1)).
     contention: float = ENGINE_CONTENTION
     # Streams at once when the log was recorded (calibrates R1; the hard50 log: 24).

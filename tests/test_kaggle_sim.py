@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 
 from submission import kaggle
+from submission.attempt_log import DEFAULT_ATTEMPTS
 from submission.config import load_config
 from submission.engines.sim import SimEngine
 from submission.gateway import check_submission, run_builtin_gateway
@@ -43,10 +44,8 @@ def detached() -> Iterator[None]:
 
 
 @pytest.mark.parametrize("speed", [1.0, 1 / 3], ids=["as-logged", "3x-slower"])
-def test_a_full_aimo3_run_finishes_under_the_limit(
-    speed: float, shared_data: Path, tmp_path: Path
-) -> None:
-    attempts_csv = shared_data / "attempts" / "hard50_dev_half.csv"
+def test_a_full_aimo3_run_finishes_under_the_limit(speed: float, tmp_path: Path) -> None:
+    attempts_csv = DEFAULT_ATTEMPTS  # the embedded synthetic log
     config = load_config(
         "aimo3",
         overrides=[

@@ -98,6 +98,21 @@ def test_settled_vote_stops_on_agreement_or_an_uncatchable_leader() -> None:
     assert policy.decide(state([5, 5, None], running=0)).reason == "all finished"
 
 
+def test_settled_vote_is_patient_while_time_is_ample() -> None:
+    policy = SettledVote(EarlyStopConfig(agree=3, late_fraction=0.5, patient_tokens=30_000))
+    # 1,000 tokens in 10 s with 90 s left: each running attempt reaches 10,000, not 30,000.
+    assert policy.decide(state([5, 5, 5], running=5, tokens=1000)).reason == "3 agree"
+    # 5,000 tokens in 10 s: it reaches 50,000, so three votes wait for the other five ...
+    assert not policy.decide(state([5, 5, 5], running=5, tokens=5000)).stop
+    # ... and so does a lead of one late in the budget (20,000 in 60 s reaches 33,333); an
+    # uncatchable leader still settles it.
+    assert not policy.decide(state([5], running=5, elapsed=60, tokens=20_000)).stop
+    assert policy.decide(state([5, 5, 5], running=2, tokens=5000)).reason == "leader uncatchable"
+    # Off: patient_tokens beyond any reach restores the agreement rule.
+    hasty = SettledVote(EarlyStopConfig(agree=3, patient_tokens=10**9))
+    assert hasty.decide(state([5, 5, 5], running=5, tokens=5000)).reason == "3 agree"
+
+
 def test_settled_vote_takes_a_lead_late_in_the_budget() -> None:
     policy = SettledVote(EarlyStopConfig(late_fraction=0.5))
     # 10k tokens by 40 s: narrowed to 3, each still reaches 24k by the deadline (not tight).

@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from submission.attempt_log import (
+    DEFAULT_ATTEMPTS,
     AttemptLogError,
+    EngineCalibration,
     LoggedAttempt,
     LoggedProblem,
-    calibrate_single_stream_rate,
+    calibrate_engine,
+    engine_calibration,
     load_attempt_log,
     problems_from_log,
 )
@@ -34,12 +37,6 @@ from submission.simulator import (
 R1 = 100.0
 A = 0.5
 PLAIN = Policy("plain", 2, FairShare(), RunToEnd(), MajorityVote())
-
-
-@pytest.fixture
-def main_log(shared_data: Path) -> Path:
-    """The hard50 attempt log (shared data; not shipped: no licence stated)."""
-    return shared_data / "attempts" / "hard50_dev_half.csv"
 
 
 def test_two_attempts_share_the_rate_then_the_last_one_speeds_up() -> None:
@@ -79,22 +76,44 @@ def test_calibration_undoes_the_recorded_contention(tmp_path: Path) -> None:
         "problem_id,answer,is_none,is_correct,tokens,time_s\na,1,0,1,300,10\nb,,1,0,100,10\n"
     )
     frame = load_attempt_log(log)
-    assert calibrate_single_stream_rate(frame, concurrency=24, contention=0.087) == pytest.approx(
-        20 * (1 + 0.087 * 23)
-    )
+    # No code_calls column: all time is decoding; least squares through the origin gives
+    # (300*10 + 100*10) / (300**2 + 100**2) = 0.04 s per token at the recorded concurrency.
+    fit = calibrate_engine(frame, concurrency=24, contention=0.087)
+    assert fit.single_stream_rate == pytest.approx(25 * (1 + 0.087 * 23))
+    assert fit.code_call_s == 0
     (a, b) = problems_from_log(frame)
     assert a.correct_answer == 1 and a.attempts[0].finishes
-    # The median attempt's rate: a code-heavy attempt (100 s for 500 tokens) does not pull it
-    # down as a pooled 1,400 tokens / 125 s would; an attempt without a time is left out.
+    assert b.correct_answer is None and not b.attempts[0].finishes and b.attempts[0].answer is None
+
+
+def test_calibration_charges_code_calls_their_own_time(tmp_path: Path) -> None:
+    # Exactly 50 tokens/s of decoding plus 3 s per call; an attempt without a time is left out.
+    log = tmp_path / "log.csv"
     log.write_text(
-        "problem_id,answer,is_none,tokens,time_s\na,1,0,300,10\na,2,0,600,15\n"
-        "a,3,0,500,100\na,4,0,0,0\n"
+        "problem_id,answer,is_none,tokens,code_calls,time_s\na,1,0,500,0,10\n"
+        "a,2,0,500,10,40\na,3,0,1000,2,26\na,4,0,0,0,0\n"
     )
-    assert calibrate_single_stream_rate(load_attempt_log(log), 1, 0.087) == pytest.approx(30)
+    fit = calibrate_engine(load_attempt_log(log), 1, 0.087)
+    assert fit.single_stream_rate == pytest.approx(50)
+    assert fit.code_call_s == pytest.approx(3)
+    config = load_config(overrides=["engine.sim.code_call_s=0", "engine.sim.tokens_per_s=7"])
+    assert engine_calibration(load_attempt_log(log), config.engine.sim) == EngineCalibration(7, 0)
     log.write_text("problem_id,answer,is_none,tokens,time_s\na,1,0,0,0\n")
     with pytest.raises(AttemptLogError, match="time_s > 0"):
-        calibrate_single_stream_rate(load_attempt_log(log), 1, 0.087)
-    assert b.correct_answer is None and not b.attempts[0].finishes and b.attempts[0].answer is None
+        calibrate_engine(load_attempt_log(log), 1, 0.087)
+
+
+def test_a_code_call_takes_its_stream_off_the_engine() -> None:
+    # Attempt 0 calls code once halfway (after 50 tokens); for those 4 s attempt 1 decodes alone.
+    attempts = [LoggedAttempt(1, 100, True, code_calls=1), LoggedAttempt(2, 1000, True)]
+    out = simulate_problem(PLAIN, attempts, 1000.0, R1, A, tick_s=100.0, code_call_s=4.0)
+    shared = R1 / (1 + A)
+    halfway = 50 / shared
+    after_call = halfway + 4.0
+    first_done = after_call + 50 / shared
+    second_left = 1000 - shared * (halfway + 50 / shared) - R1 * 4.0
+    assert out.finished[0].time_s == pytest.approx(first_done)
+    assert out.finished[1].time_s == pytest.approx(first_done + second_left / R1)
 
 
 def test_bad_logs_fail_clearly(tmp_path: Path) -> None:
@@ -123,30 +142,29 @@ def test_runs_keep_the_budget_and_are_reproducible() -> None:
             assert not first.overrun and first.seconds <= 600.0
 
 
-def test_default_beats_the_anchors_on_the_real_log(main_log: Path) -> None:
-    frame = load_attempt_log(main_log)
+def test_default_beats_the_anchors_on_the_embedded_log() -> None:
+    frame = load_attempt_log(DEFAULT_ATTEMPTS)
     problems = problems_from_log(frame)
     config = simulation_config(load_config(), len(problems))
-    rate = calibrate_single_stream_rate(frame, 24, config.engine.sim.contention)
+    engine = engine_calibration(frame, config.engine.sim)
     policies = [default_policy(config), *anchor_policies()]
     rows = sweep(
         policies,
         problems,
         [0.25],
         seeds=6,
-        single_stream_rate=rate,
+        single_stream_rate=engine.single_stream_rate,
         contention=config.engine.sim.contention,
         tick_s=5.0,
+        code_call_s=engine.code_call_s,
     )
     ours, *anchors = rows
     assert ours.overruns == 0
     assert all(ours.score_mean > a.score_mean for a in anchors)
 
 
-def test_cli_table_json_and_plot(
-    main_log: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    log = main_log
+def test_cli_table_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    log = DEFAULT_ATTEMPTS
     args = _parse(
         [
             "--attempts",
@@ -173,8 +191,10 @@ def test_cli_table_json_and_plot(
     }
     assert all(r["fraction"] == 0.5 and r["runs"] == 2 for r in rows)
     assert (tmp_path / "p.png").stat().st_size > 0
+    # Without --attempts: the embedded log.
+    assert simulate_cli(_parse(["--seeds", "1", "--fractions", "1", "--json", "--plot", ""])) == 0
+    assert {r["runs"] for r in json.loads(capsys.readouterr().out)} == {1}
     assert simulate_cli(_parse(["--attempts", str(tmp_path / "none.csv")])) == 2
-    assert simulate_cli(_parse([])) == 2  # no log given: a clear error, not a traceback
     assert simulate_cli(_parse(["--attempts", str(log), "--seeds", "0"])) == 2
     assert simulate_cli(_parse(["--attempts", str(log), "--set", "budget.nope=1"])) == 2
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,33 @@ async def test_streams_share_the_rate_and_closing_one_frees_its_share() -> None:
     assert loop.time() - started == pytest.approx(expected, abs=0.3)
     assert seconds < 1000 * (1 + A) / R1 - 1
     assert engine.active == 0
+
+
+@pytest.mark.looptime
+async def test_code_calls_pause_the_stream_and_free_its_share() -> None:
+    engine = engine_with(LoggedAttempt(answer=7, tokens=1000, finishes=True, code_calls=3))
+    engine.code_call_s = 5.0
+    alone, seconds = await drain(engine)
+    assert seconds == pytest.approx(1000 / R1 + 3 * 5.0, abs=0.01)
+    assert sum(c.tokens for c in alone) == 1000 and alone[-1].finish_reason == "stop"
+    # Beside a stream without code, the 15 s of calls are decoded alone at R1.
+    engine.problems["q"] = LoggedProblem("q", 7, (LoggedAttempt(7, 1000, True),))
+    params = SamplingParams(max_tokens=10_000, seed=0)
+    plain = engine.stream(SimEngine.problem_text("q"), params)
+    plain_s, (_, with_calls_s) = await asyncio.gather(seconds_to_drain(plain), drain(engine))
+    # Shared for 250 tokens (3.75 s), alone through the first call (500 tokens), shared again.
+    assert plain_s == pytest.approx(3.75 + 5.0 + 3.75, abs=0.3)
+    # Then alone: 500 tokens at R1 and the calls left, faster than sharing all along.
+    assert with_calls_s == pytest.approx(12.5 + 500 / R1 + 2 * 5.0, abs=0.3)
+    assert engine.active == 0
+
+
+async def seconds_to_drain(stream: AsyncIterator[Chunk]) -> float:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async for _ in stream:
+        pass
+    return loop.time() - started
 
 
 @pytest.mark.looptime

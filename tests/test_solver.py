@@ -79,9 +79,13 @@ async def test_deadline_cancels_everything_and_falls_back(sandbox: Sandbox) -> N
 
 
 async def test_early_stop_cancels_the_stragglers(sandbox: Sandbox) -> None:
-    # Four attempts over two recordings that agree; stop once two agree.
+    # Four attempts over two recordings that agree; stop once two agree (patience off: with
+    # 60 s at 2,000 tokens/s time is ample, and patience would wait for an uncatchable lead).
     config = replay_config(
-        "solver.attempts=4", "early_stop.agree=2", "engine.replay.tokens_per_s=2000"
+        "solver.attempts=4",
+        "early_stop.agree=2",
+        "early_stop.patient_tokens=1000000000",
+        "engine.replay.tokens_per_s=2000",
     )
     result = await make_solver(config, sandbox).solve("p0", RECORDS[0]["question"], budget_s=60)
     assert result.answer == 18

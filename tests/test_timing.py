@@ -2,8 +2,8 @@
 
 A whole 50-problem, 5-hour AIMO-3 run takes a second or two: `looptime` fast-
 forwards the event loop's clock whenever every task is waiting. The engine
-plays real attempt logs (../shared/data/attempts/hard50_dev_half.csv, each of
-its 25 problems twice).
+plays the embedded synthetic attempt log (submission/data/synthetic_attempts.csv,
+fitted to a real log of 25 hard problems; each of its 25 problems twice).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from submission.attempt_log import DEFAULT_ATTEMPTS
 from submission.config import Config, load_config
 from submission.engines.sim import SimEngine
 from submission.harness import AsyncHarness
@@ -33,9 +34,8 @@ class NoSandbox:
 
 
 @pytest.fixture
-def log_path(shared_data: Path) -> Path:
-    """The hard50 attempt log: timing runs replay it."""
-    return shared_data / "attempts" / "hard50_dev_half.csv"
+def log_path() -> Path:
+    return DEFAULT_ATTEMPTS
 
 
 def sim_config(log_path: Path, *overrides: str) -> Config:
@@ -95,7 +95,7 @@ async def test_whole_aimo3_run_keeps_every_deadline(log_path: Path, seed: int) -
     results, seconds, _ = await whole_run(config, fifty(log_path, seed))
     assert len(results) == 50
     check_run(config, results, seconds)
-    # A real log, a real policy: most problems are answered and many early.
+    # A realistic log, the real policy: most problems are answered and many early.
     assert sum(not r.used_fallback for r in results) >= 40
     assert sum(r.seconds < 0.9 * r.budget_s for r in results) >= 25
 
@@ -121,7 +121,11 @@ async def test_every_attempt_failing_costs_little_and_answers_the_fallback(log_p
     results, seconds, _ = await whole_run(config, fifty(log_path, 3))
     check_run(config, results, seconds)
     assert all(r.used_fallback and r.answer == config.solver.fallback_answer for r in results)
-    assert all(a.finish_reason == "error" for r in results for a in r.attempts)
+    # Each attempt ends in its injected error, or is cancelled when the problem stops (the
+    # give-up rule can fire on a long attempt before its error comes).
+    reasons = [a.finish_reason for r in results for a in r.attempts]
+    assert set(reasons) <= {"error", "cancelled"}
+    assert reasons.count("error") >= 0.95 * len(reasons)
     assert seconds < 0.5 * config.profile.solve_budget_s  # errors end attempts part-way
 
 
@@ -152,7 +156,7 @@ async def test_hard_problems_last_still_get_time(log_path: Path) -> None:
 async def test_the_solver_scores_what_the_simulator_predicts(log_path: Path) -> None:
     """The same policy objects in the real Solver and in the simulator give the same picture."""
     from submission.attempt_log import (
-        calibrate_single_stream_rate,
+        engine_calibration,
         load_attempt_log,
         problems_from_log,
     )
@@ -170,11 +174,20 @@ async def test_the_solver_scores_what_the_simulator_predicts(log_path: Path) -> 
         "budget.safety_margin_s=300",
         "engine.sim.chunk_s=1",
     )
-    rate = calibrate_single_stream_rate(frame, 24, config.engine.sim.contention) * speed
+    engine = engine_calibration(frame, config.engine.sim)
+    rate = engine.single_stream_rate * speed
     policy = default_policy(config)
     budget = config.profile.solve_budget_s
     predicted = [
-        simulate_run(policy, problems, budget, rate, 0.087, random.Random(s)).score
+        simulate_run(
+            policy,
+            problems,
+            budget,
+            rate,
+            config.engine.sim.contention,
+            random.Random(s),
+            code_call_s=engine.code_call_s,
+        ).score
         for s in range(8)
     ]
     order = [p.problem_id for p in problems]

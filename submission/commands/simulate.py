@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from submission.attempt_log import (
+    DEFAULT_ATTEMPTS,
     AttemptLogError,
-    calibrate_single_stream_rate,
+    engine_calibration,
     load_attempt_log,
     problems_from_log,
 )
@@ -39,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attempts",
         default=None,
-        help="attempt log, CSV or parquet (required: no log is shipped, none states a licence)",
+        help="attempt log, CSV or parquet (default: the embedded synthetic log, "
+        "submission/data/synthetic_attempts.csv)",
     )
     parser.add_argument("--seeds", type=int, default=200, help="runs per policy and fraction")
     parser.add_argument(
@@ -68,10 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds < 1 or args.tick <= 0 or min(args.fractions) <= 0:
         log.error("--seeds, --tick and every --fractions value must be positive")
         return 2
-    if not args.attempts:
-        log.error("--attempts LOG is required: no attempt log is shipped (none states a licence)")
-        return 2
-    path = Path(args.attempts)
+    path = Path(args.attempts) if args.attempts else DEFAULT_ATTEMPTS
     try:
         frame = load_attempt_log(path)
     except AttemptLogError as exc:
@@ -83,22 +82,34 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("%s", exc)
         return 2
-    contention = config.engine.sim.contention
     concurrency = config.engine.sim.concurrency if args.concurrency is None else args.concurrency
     if concurrency < 1:
         log.error("the recorded concurrency must be at least 1, not %d", concurrency)
         return 2
+    sim = dataclasses.replace(config.engine.sim, concurrency=concurrency)
     try:
-        rate = config.engine.sim.tokens_per_s or calibrate_single_stream_rate(
-            frame, concurrency, contention
-        )
+        engine = engine_calibration(frame, sim)
     except AttemptLogError as exc:
         log.error("%s: %s", path, exc)
         return 2
-    log.info("%d problems, R1 = %.1f tokens/s, a = %.3f", len(problems), rate, contention)
+    contention, rate = sim.contention, engine.single_stream_rate
+    log.info(
+        "%d problems, R1 = %.1f tokens/s, %.2f s per code call, a = %.3f",
+        len(problems),
+        rate,
+        engine.code_call_s,
+        contention,
+    )
     if args.cross_validate:
         cv = cross_validate(
-            config, problems, args.fractions, args.seeds, rate, contention, args.tick
+            config,
+            problems,
+            args.fractions,
+            args.seeds,
+            rate,
+            contention,
+            args.tick,
+            code_call_s=engine.code_call_s,
         )
         if args.json:
             sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in cv], indent=1) + "\n")
@@ -106,7 +117,14 @@ def run(args: argparse.Namespace) -> int:
             print_cross_validation(cv, len(problems))
         return 0
     rows = sweep(
-        all_policies(config), problems, args.fractions, args.seeds, rate, contention, args.tick
+        all_policies(config),
+        problems,
+        args.fractions,
+        args.seeds,
+        rate,
+        contention,
+        args.tick,
+        code_call_s=engine.code_call_s,
     )
     if args.json:
         sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
@@ -124,10 +142,20 @@ def print_cross_validation(rows: Sequence[CrossValidation], problems: int) -> No
     from rich.table import Table
 
     table = Table(title=f"leave-problems-out estimate: held-out score out of {problems}")
-    for column in ("fraction", "score", "sd"):
-        table.add_column(column, justify="right")
+    columns = ("fraction", "score", "sd", "best anchor", "lead", "se (seeds)", "se (problems)")
+    for column in (*columns, "overruns"):
+        table.add_column(column, justify="left" if column == "best anchor" else "right")
     for r in rows:
-        table.add_row(f"{r.fraction:g}", f"{r.score_mean:.2f}", f"{r.score_sd:.2f}")
+        table.add_row(
+            f"{r.fraction:g}",
+            f"{r.score_mean:.2f}",
+            f"{r.score_sd:.2f}",
+            f"{r.anchor} {r.anchor_mean:.2f}",
+            f"{r.lead:+.2f}",
+            f"{r.lead_se_seeds:.2f}",
+            f"{r.lead_se_problems:.2f}",
+            str(r.overruns),
+        )
     console = Console()
     console.print(table)
     console.print("chosen per fold: " + "; ".join(rows[0].chosen if rows else ()))

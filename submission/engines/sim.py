@@ -2,11 +2,13 @@
 
 Each stream plays one logged attempt of one logged problem: it decodes that
 attempt's token count at the engine's shared rate, R1 / (1 + a*(n-1)) tokens/s
-per stream with n streams open, then ends with `\\boxed{ANSWER}` and finish
-reason "stop". Attempts cut off in the recording (is_none=1) never finish:
-they run until cancelled or `max_tokens`. Time is the running event loop's, so
-under `looptime` a 5-hour schedule takes seconds of real time. Closing a stream
-aborts it and frees its share of the rate at once.
+per stream with n streams open, its code calls spaced evenly over those tokens
+(each keeps the stream off the engine for `code_call_s`, freeing its share of
+the rate), then ends with `\\boxed{ANSWER}` and finish reason "stop". Attempts
+cut off in the recording (is_none=1) never finish: they run until cancelled or
+`max_tokens`. Time is the running event loop's, so under `looptime` a 5-hour
+schedule takes seconds of real time. Closing a stream aborts it and frees its
+share of the rate at once. The default log is the embedded synthetic one.
 
 Which logged problem a prompt plays: the one whose marker
 (`SimEngine.problem_text(problem_id)`) the prompt contains, else one chosen by
@@ -24,10 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from submission.attempt_log import (
+    DEFAULT_ATTEMPTS,
     AttemptLogError,
     LoggedAttempt,
     LoggedProblem,
-    calibrate_single_stream_rate,
+    engine_calibration,
     load_attempt_log,
     problems_from_log,
 )
@@ -48,6 +51,7 @@ class SimEngine:
         chunk_s: float = 1.0,
         start_delay_s: float = 0.0,
         error_rate: float = 0.0,
+        code_call_s: float = 0.0,
     ) -> None:
         if not problems:
             raise EngineError("sim engine: the attempt log has no problems")
@@ -59,6 +63,7 @@ class SimEngine:
         self.chunk_s = chunk_s
         self.start_delay_s = start_delay_s
         self.error_rate = error_rate
+        self.code_call_s = code_call_s
         self.active = 0  # streams open now: they share the engine's rate
         self.tokens_decoded = 0  # all streams, for tests that check cancelled ones stop costing
         self._started = False
@@ -66,19 +71,16 @@ class SimEngine:
     @classmethod
     def from_config(cls, config: Any) -> SimEngine:
         sim = config.engine.sim
-        if not sim.attempts_csv:
-            raise EngineError("sim engine: set engine.sim.attempts_csv (no attempt log is shipped)")
-        path = Path(sim.attempts_csv)
+        path = Path(sim.attempts_csv) if sim.attempts_csv else DEFAULT_ATTEMPTS
         try:
             frame = load_attempt_log(path)
         except AttemptLogError as exc:
             raise EngineError(f"sim engine: {exc} (set engine.sim.attempts_csv)") from None
-        rate = sim.tokens_per_s or calibrate_single_stream_rate(
-            frame, sim.concurrency, sim.contention
-        )
+        engine = engine_calibration(frame, sim)
         return cls(
             problems_from_log(frame),
-            single_stream_rate=rate * sim.speed,
+            single_stream_rate=engine.single_stream_rate * sim.speed,
+            code_call_s=engine.code_call_s,
             contention=sim.contention,
             chunk_s=sim.chunk_s,
             start_delay_s=sim.start_delay_s,
@@ -125,12 +127,28 @@ class SimEngine:
         )
         goal = float(attempt.tokens) if attempt.finishes else float("inf")
         limit = float(params.max_tokens)
+        # Token counts at which a code call pauses the stream off the engine.
+        piece = attempt.tokens / (attempt.code_calls + 1)
+        calls = [piece * k for k in range(1, attempt.code_calls + 1)]
         decoded = 0.0
         reported = 0
         self.active += 1
         try:
             while True:
-                end = min(goal, limit, fails_at if fails_at is not None else float("inf"))
+                if calls and decoded >= calls[0] and decoded < min(goal, limit):
+                    calls.pop(0)
+                    self.active -= 1
+                    try:
+                        await asyncio.sleep(self.code_call_s)
+                    finally:
+                        self.active += 1
+                    continue
+                end = min(
+                    goal,
+                    limit,
+                    fails_at if fails_at is not None else float("inf"),
+                    calls[0] if calls else float("inf"),
+                )
                 rate = self.stream_rate()
                 step = min(self.chunk_s, (end - decoded) / rate)
                 await asyncio.sleep(step)
@@ -138,7 +156,7 @@ class SimEngine:
                 new = int(decoded) - reported
                 reported += new
                 self.tokens_decoded += new
-                if decoded < end:
+                if decoded < end or (calls and end == calls[0]):
                     yield Chunk(text="", tokens=new)
                 elif fails_at is not None and end == fails_at:
                     yield Chunk("", new, finish_reason="error", error="sim: injected engine error")
