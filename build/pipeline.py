@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run by path from a checkout: find the harness package
     sys.path.insert(0, str(REPO_ROOT))
 
-from submission.config import ConfigError, apply_mapping, read_toml  # noqa: E402
+from submission.config_fields import ConfigError, apply_mapping, read_toml  # noqa: E402
 
 LOG = logging.getLogger("build.pipeline")
 BUILD_DIR = Path(__file__).resolve().parent

@@ -418,7 +418,7 @@ def _product(grid: dict[str, tuple[float, ...]]) -> list[tuple[float, ...]]:
 
 
 def _policy_with(config: Config, values: dict[str, float]) -> Policy:
-    from submission.config import set_field
+    from submission.config_fields import set_field
     from submission.policy.defaults import default_policy
 
     tuned = copy.deepcopy(config)

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from submission.commands import rehearse
-from submission.config import load_config, read_toml
+from submission.config import load_config
+from submission.config_fields import read_toml
 
 REPO = Path(__file__).resolve().parents[1]
 
