@@ -16,3 +16,16 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"../shared/data absent ({SHARED_DATA}): these tests need the shared data set")
     return SHARED_DATA
+
+
+@pytest.fixture
+def tora_transcripts() -> list[Path]:
+    """Both ToRA transcript files: the full ones in ../shared/data when present, else the
+    first 250 generations of each that the package embeds (so these tests run everywhere)."""
+    names = ("tora70b_gsm8k", "toracode34b_gsm8k")
+    full = [SHARED_DATA / "transcripts" / f"{name}.jsonl" for name in names]
+    if all(path.is_file() for path in full):
+        return full
+    from submission.config import PACKAGE_DATA
+
+    return [PACKAGE_DATA / f"{name}_first250.jsonl" for name in names]

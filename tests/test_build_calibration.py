@@ -15,17 +15,17 @@ sys.path.insert(0, str(BUILD_DIR))
 import calibration  # noqa: E402
 import pipeline  # noqa: E402
 
-from submission.config import PromptConfig  # noqa: E402
+from submission.config import PACKAGE_DATA, PromptConfig  # noqa: E402
 from submission.prompt import PromptTemplate  # noqa: E402
 
 FACTS = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", True, 500.0)
 
 
 @pytest.fixture
-def tir_parquet(tmp_path: Path, shared_data: Path) -> tuple[Path, list[dict[str, str | None]]]:
+def tir_parquet(tmp_path: Path) -> tuple[Path, list[dict[str, str | None]]]:
     """A tir shard in OpenMathReasoning's columns: problem and solution from ToRA; one null row."""
     records = []
-    with (shared_data / "transcripts" / "tora70b_gsm8k.jsonl").open(encoding="utf-8") as handle:
+    with (PACKAGE_DATA / "tora70b_gsm8k_first250.jsonl").open(encoding="utf-8") as handle:
         for line, _ in zip(handle, range(12), strict=False):
             item = json.loads(line)
             records.append(

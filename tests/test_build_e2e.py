@@ -21,6 +21,7 @@ sys.path.insert(0, str(BUILD_DIR))
 
 import pipeline  # noqa: E402
 
+from submission.config import PACKAGE_DATA  # noqa: E402
 from submission.manifest import read_manifest, verify_files  # noqa: E402
 
 STUB = r"""
@@ -83,10 +84,8 @@ H100 = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", True, 500.0)
 
 
 @pytest.fixture
-def build_box(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shared_data: Path
-) -> pipeline.PipelineConfig:
-    transcripts = shared_data / "transcripts" / "toracode34b_gsm8k.jsonl"
+def build_box(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> pipeline.PipelineConfig:
+    transcripts = PACKAGE_DATA / "toracode34b_gsm8k_first250.jsonl"
     rows = [json.loads(line) for line in transcripts.read_text().splitlines()[:8]]
     tir = tmp_path / "tir.parquet"
     pl.DataFrame(

@@ -14,18 +14,13 @@ from submission.config import SandboxConfig
 from submission.mismatch import KINDS, classify_mismatch
 from submission.sandbox import Sandbox
 
-# The full ToRA transcript files in the shared data set.
-TORA_FILES = ("tora70b_gsm8k.jsonl", "toracode34b_gsm8k.jsonl")
+
+def recorded_outputs(paths: list[Path]) -> list[str]:
+    return [block.recorded for path in paths for blocks in read_blocks(path) for block in blocks]
 
 
-def recorded_outputs(shared_data: Path) -> list[str]:
-    path = shared_data / "transcripts" / TORA_FILES[0]
-    return [block.recorded for blocks in read_blocks(path) for block in blocks]
-
-
-def test_every_block_is_read_with_its_recorded_output(shared_data: Path) -> None:
-    for name in TORA_FILES:
-        path = shared_data / "transcripts" / name
+def test_every_block_is_read_with_its_recorded_output(tora_transcripts: list[Path]) -> None:
+    for path in tora_transcripts:
         generations = list(read_blocks(path))
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
         recorded = sum(text.count("```output\n") for row in rows for text in row["code"])
@@ -35,7 +30,8 @@ def test_every_block_is_read_with_its_recorded_output(shared_data: Path) -> None
 
 
 def test_classify_mismatch_on_real_outputs(shared_data: Path) -> None:
-    outputs = recorded_outputs(shared_data)
+    # The full files: the embedded first 250 generations hold no error and no word output.
+    outputs = recorded_outputs([shared_data / "transcripts" / "tora70b_gsm8k.jsonl"])
     integer = next(o for o in outputs if re.fullmatch(r"\d{3,}\n", o))
     decimal = next(o for o in outputs if re.fullmatch(r"\d+\.\d+\n", o))
     words = next(o for o in outputs if len(o.split()) >= 3 and not re.search(r"\d", o))
@@ -59,11 +55,9 @@ def test_timeout_reports_of_two_executors_are_the_same_error() -> None:
     assert classify_mismatch(ours, recorded) == "error_text"
 
 
-def test_every_recorded_block_is_reproduced(shared_data: Path) -> None:
+def test_every_recorded_block_is_reproduced(tora_transcripts: list[Path]) -> None:
     """Issue 3's fidelity target: >= 97 % of both ToRA files' blocks match exactly."""
-    generations = [
-        blocks for name in TORA_FILES for blocks in read_blocks(shared_data / "transcripts" / name)
-    ]
+    generations = [blocks for path in tora_transcripts for blocks in read_blocks(path)]
     with Sandbox(SandboxConfig(spare_sessions=2)) as sandbox:
         outcomes = asyncio.run(replay_generations(sandbox, generations, 3.0, 2))
     summary = summarize(outcomes)
