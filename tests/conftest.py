@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,19 @@ def tora_transcripts() -> list[Path]:
     from submission.config import PACKAGE_DATA
 
     return [PACKAGE_DATA / f"{name}_first250.jsonl" for name in names]
+
+
+@pytest.fixture
+def kaggle_state_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No rerun or kaggle_evaluation variables during a kernel test; sys.path, imported
+    kaggle_evaluation modules and predict's configured run put back afterwards."""
+    from submission import kaggle
+
+    monkeypatch.delenv(kaggle.ENV_RERUN, raising=False)
+    monkeypatch.delenv(kaggle.ENV_KAGGLE_EVALUATION_DIR, raising=False)
+    before = list(sys.path)
+    yield
+    sys.path[:] = before
+    for name in [n for n in sys.modules if n.startswith("kaggle_evaluation")]:
+        del sys.modules[name]
+    kaggle.configure(None)

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -32,6 +31,8 @@ from submission.local_run import run_locally, usable_out_dir
 
 REPO = Path(__file__).resolve().parents[1]
 REPLAY_TOML = REPO / "submission" / "data" / "replay_gsm8k.toml"
+
+pytestmark = pytest.mark.usefixtures("kaggle_state_restored")
 
 FAKE_SERVER = '''
 """Contract fake of {module} ({version}); see tests/test_kaggle_first_submission.py."""
@@ -92,18 +93,6 @@ def replay_config(tmp_path: Path, *overrides: str, profile: str = "aimo3") -> Co
     )
     config.profile.competition_dir = str(tmp_path / "no-competition-here")
     return config
-
-
-@pytest.fixture(autouse=True)
-def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(kaggle.ENV_RERUN, raising=False)
-    monkeypatch.delenv(kaggle.ENV_KAGGLE_EVALUATION_DIR, raising=False)
-    before = list(sys.path)
-    yield
-    sys.path[:] = before
-    for name in [n for n in sys.modules if n.startswith("kaggle_evaluation")]:
-        del sys.modules[name]
-    kaggle.configure(None)
 
 
 def run_kernel_file(tmp_path: Path, *flags: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import venv
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -35,6 +34,8 @@ from submission.sandbox import Sandbox
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc")
+
+pytestmark = pytest.mark.usefixtures("kaggle_state_restored")
 
 FAKE_SERVER = '''
 """Contract fake of {module} ({version}); see tests/test_kaggle_kernel.py."""
@@ -93,18 +94,6 @@ def fake_events() -> list[tuple[object, ...]]:
         if name.startswith("kaggle_evaluation.aimo_"):
             return module.EVENTS
     return []
-
-
-@pytest.fixture(autouse=True)
-def clean_imports(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.delenv(kaggle.ENV_RERUN, raising=False)
-    monkeypatch.delenv(kaggle.ENV_KAGGLE_EVALUATION_DIR, raising=False)
-    before = list(sys.path)
-    yield
-    sys.path[:] = before
-    for name in [n for n in sys.modules if n.startswith("kaggle_evaluation")]:
-        del sys.modules[name]
-    kaggle.configure(None)
 
 
 class SlowLoadingEngine(ReplayEngine):
