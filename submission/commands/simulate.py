@@ -100,32 +100,15 @@ def run(args: argparse.Namespace) -> int:
         engine.code_call_s,
         contention,
     )
+    model = (problems, args.fractions, args.seeds, rate, contention, args.tick)
     if args.cross_validate:
-        cv = cross_validate(
-            config,
-            problems,
-            args.fractions,
-            args.seeds,
-            rate,
-            contention,
-            args.tick,
-            code_call_s=engine.code_call_s,
-        )
+        cv = cross_validate(config, *model, code_call_s=engine.code_call_s)
         if args.json:
             sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in cv], indent=1) + "\n")
         else:
             print_cross_validation(cv, len(problems))
         return 0
-    rows = sweep(
-        all_policies(config),
-        problems,
-        args.fractions,
-        args.seeds,
-        rate,
-        contention,
-        args.tick,
-        code_call_s=engine.code_call_s,
-    )
+    rows = sweep(all_policies(config), *model, code_call_s=engine.code_call_s)
     if args.json:
         sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in rows], indent=1) + "\n")
     else:
