@@ -203,3 +203,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def test_cross_validation_from_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--cross-validate` on the embedded log: every problem held out once, one row per
+    fraction with the best anchor beside ours and each fold's chosen settings."""
+    argv = ["--cross-validate", "--seeds", "1", "--fractions", "0.5", "--tick", "5", "--json"]
+    assert simulate_cli(_parse(argv)) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["fraction"] == 0.5 and row["overruns"] == 0
+    assert len(row["chosen"]) == 5  # one choice per fold
+    assert row["anchor"] in {"aimo2-winner", "aimo3-top", "aimo3-runner-up", "plain"}
+    assert row["lead"] == pytest.approx(row["score_mean"] - row["anchor_mean"])
