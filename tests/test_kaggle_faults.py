@@ -51,6 +51,7 @@ class FaultyEngine:
 
     name = "faulty-replay"
     greedy = False
+    token_prompts = False
 
     def __init__(self, inner: ReplayEngine, faults: dict[str, str | None]) -> None:
         self.inner = inner

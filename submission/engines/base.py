@@ -11,11 +11,17 @@ Conventions every engine keeps:
 - The last chunk of a stream has `finish_reason` set; no chunk follows it.
 - Errors inside the engine end the stream with `finish_reason="error"` and
   `error` set; they are not raised into the harness.
+- A prompt is text, or token ids where the model family renders tokens itself
+  (harmony). An engine that cannot take ids (`Engine.token_prompts` False) ends
+  such a stream with an error chunk that says so.
+- A stop token id (`SamplingParams.stop_token_ids`) ends the stream with
+  `finish_reason="stop"` and `Chunk.stop_token` set; its text is not part of
+  `Chunk.text`, its id is the last of `Chunk.token_ids` where the engine reports ids.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -23,6 +29,8 @@ if TYPE_CHECKING:
     from submission.config import GenerationConfig
 
 FinishReason = Literal["stop", "length", "cancelled", "error"]
+# What an engine continues: rendered text, or token ids (a family that renders tokens).
+Prompt = str | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -40,6 +48,12 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    # Token ids that end the generation (harmony: <|return|>, <|call|>); reported in
+    # Chunk.stop_token.
+    stop_token_ids: tuple[int, ...] = ()
+    # How many top log-probabilities per generated token the engine should look at
+    # (0 = none); an engine that can reports each token's entropy over them.
+    top_logprobs: int = 0
 
     @classmethod
     def from_generation(cls, generation: GenerationConfig, seed: int | None) -> SamplingParams:
@@ -64,7 +78,13 @@ class Chunk:
     tokens: int
     finish_reason: FinishReason | None = None
     stop: str | None = None  # the stop string matched, when finish_reason == "stop"
+    stop_token: int | None = None  # the stop token id matched (SamplingParams.stop_token_ids)
     error: str | None = None
+    # The ids of this chunk's tokens, where the engine reports them (empty = unknown).
+    token_ids: tuple[int, ...] = ()
+    # Per generated token, the entropy of its top-`top_logprobs` distribution (nats), where
+    # the engine was asked for them and reports them.
+    token_entropies: tuple[float, ...] = ()
     # Engine-specific extras (e.g. "entropy", or the replay engine's "recorded_output").
     meta: Mapping[str, Any] = field(default_factory=dict)
 
@@ -77,12 +97,14 @@ class Engine(Protocol):
     # True when sampling is ignored (e.g. a greedy ReDrafter engine): K attempts
     # would all be identical, so the solver runs one.
     greedy: bool
+    # True when `stream` takes token-id prompts as well as text.
+    token_prompts: bool
 
     async def start(self) -> None:
         """Load whatever is needed; may take minutes. Idempotent."""
         ...
 
-    def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:
         """Generate a continuation of `prompt`. Closing the iterator aborts the request."""
         ...
 

@@ -52,6 +52,7 @@ class HfEngine:
 
     name = "hf"
     greedy = False
+    token_prompts = False
 
     def __init__(self, config: HfEngineConfig) -> None:
         if not config.model:

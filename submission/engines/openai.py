@@ -42,6 +42,7 @@ class OpenaiEngine:
 
     name = "openai"
     greedy = False
+    token_prompts = False
 
     def __init__(self, config: OpenaiEngineConfig, transport: Any = None) -> None:
         """`transport`: an `httpx.AsyncBaseTransport` to use instead of the network (tests)."""

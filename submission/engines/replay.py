@@ -111,6 +111,7 @@ class ReplayEngine:
 
     name = "replay"
     greedy = False
+    token_prompts = False
 
     def __init__(
         self,

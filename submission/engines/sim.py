@@ -42,6 +42,7 @@ MARKER = "sim-problem:"
 class SimEngine:
     name = "sim"
     greedy = False
+    token_prompts = False
 
     def __init__(
         self,

@@ -57,6 +57,7 @@ class TrtllmEngine:
         self.engine_dir = Path(config.engine_dir)
         self.tokenizer_dir = Path(config.tokenizer_dir or config.engine_dir)
         self.greedy = False
+        self.token_prompts = False
         self.facts: EngineFacts | None = None
         self._backend: LlmApiBackend | RunnerBackend | None = None
         self.tokenizer: Any = None
