@@ -196,7 +196,8 @@ def test_a_crash_restores_the_session(sandbox: Sandbox) -> None:
 
 
 def test_a_restore_past_its_cap_loses_the_state() -> None:
-    with Sandbox(dataclasses.replace(LIMITS, restore_timeout_s=0.5)) as sb:
+    config = dataclasses.replace(LIMITS, restore_timeout_s=0.5, restore_wait_s=5.0)
+    with Sandbox(config) as sb:
         sb.run("import time\ntime.sleep(0.6)\nslow = 1", session="s", timeout=5)
         result = sb.run("import os\nos._exit(1)", session="s")
         assert (result.status, result.state) == ("crashed", "lost")
