@@ -48,6 +48,7 @@ from tests.sandbox_probe import (
     HostSnapshot,
     SessionIdentity,
     alive,
+    can_unshare,
     cgroup_v1_writable,
     cgroups_of,
     eventually,
@@ -2879,3 +2880,31 @@ def test_hooks_a_cell_leaves_never_show_the_harness(sandbox: Sandbox) -> None:
         assert result.status == "ok" and "still here" in result.stdout, result
     finally:
         close_quietly(sandbox, session)
+
+
+@pytest.mark.skipif(
+    not (AS_ROOT and cgroup_v1_writable("pids") and can_unshare("--pid", "--fork", "--mount-proc")),
+    reason="needs root, cgroup v1 and pid namespaces",
+)
+def test_a_harness_in_a_pid_namespace_of_its_own_leaves_other_sandboxes_alone() -> None:
+    """A harness run as the rehearsal runs it (`unshare --pid --mount-proc`) sees none of
+    the host's pids: it must not take the cgroups of a Sandbox that has no session at the
+    moment for a dead harness's and remove them."""
+    with Sandbox.from_config(CONFIG) as sb:
+        cells = [json.dumps(SMALL_LIMITS), json.dumps(["print(6 * 7)"])]
+        isolated = ["unshare", "--pid", "--fork", "--mount-proc"]
+        other = subprocess.Popen(
+            [*isolated, sys.executable, "-c", HARNESS_SCRIPT, *cells],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": REPO_ROOT},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            reply = read_reply(other)
+            assert (reply["status"], reply["stdout"]) == ("ok", "42\n"), reply
+        finally:
+            other.wait(timeout=60)
+        fresh = timed_run(sb, "print(6 * 7)", "after-the-other", 10)
+        assert answers_42(fresh), fresh

@@ -358,6 +358,24 @@ def test_an_interpreter_under_tmp_imports_a_module_no_session_preloaded(
     assert [status for status, _ in reply["checks"]] == ["ok"], reply["checks"]
 
 
+def test_the_preflight_fails_when_a_session_cannot_import_lazily(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """doctor and the kernel's preflight import a module no session preloaded: one a
+    session cannot import fails the check, naming the import and the error."""
+    from submission import preflight
+    from submission.config import load_config
+
+    config = load_config()
+    config.sandbox.spare_sessions = 0
+    config.sandbox.first_session_uid = FIRST_UID + 300
+    assert [c.status for c in preflight.check_sandbox(config)] == ["ok"]
+    monkeypatch.setattr(preflight, "LAZY_IMPORT", "aimo_module_nobody_installed")
+    [check] = preflight.check_sandbox(config)
+    assert check.status == "fail", check
+    assert "aimo_module_nobody_installed" in check.detail and "ModuleNotFoundError" in check.detail
+
+
 # -- what `restored` promises ---------------------------------------------------------------
 
 

@@ -7,7 +7,8 @@ kernel driven by `jupyter_client` (the AIMO-3 top harnesses' approach).
 Also measured: a new session's latency, how late a timed-out call comes back
 (the interrupt lands; the interrupt does not land and the session is killed and
 restored; a crash and its restore), many sessions at once, and what the guards
-(cgroups, namespaces) cost: the same measures without them, in the same run.
+(cgroups, namespaces, the seccomp filter) cost: the same measures without them, in the
+same run.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def _new_session(sandbox: Sandbox) -> Callable[[], float]:
         sandbox.run("print(1)", session=session)
         elapsed = time.perf_counter() - start
         sandbox.close_session(session)
-        time.sleep(0.05)  # sessions start one attempt at a time: let the spare refill
+        time.sleep(0.25)  # attempts start one at a time: let the spare refill (a fork, busy: 80 ms)
         return elapsed
 
     return call
@@ -173,13 +174,27 @@ def _fork_p50_ms(config: Config, reps: int) -> float:
         return _p50_ms(_new_session(cold), reps)
 
 
+# Guard sets measured side by side: every guard this machine offers (issue 18 added the
+# seccomp filter); without the filter (issue 11's guards); without cgroups, namespaces
+# and the filter (the sandbox before issue 11: rlimits and a uid per session).
+GUARD_SETS = {
+    "all guards": {},
+    "without seccomp": {"use_seccomp": False},
+    "without cgroups, namespaces, seccomp": {
+        "use_cgroups": False,
+        "use_namespaces": False,
+        "use_seccomp": False,
+    },
+}
+
+
 def _guards_cost(config: Config, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """The same measures with every guard this machine offers, and without cgroups and
-    namespaces (the sandbox before issue 11: rlimits and a uid per session)."""
+    """The same measures with each set of guards (GUARD_SETS), in the same run."""
     rows = {}
-    for label, enabled in (("all guards", True), ("without cgroups, namespaces", False)):
+    for label, switched_off in GUARD_SETS.items():
         variant = copy.deepcopy(config)
-        variant.sandbox.use_cgroups = variant.sandbox.use_namespaces = enabled
+        for name, value in switched_off.items():
+            setattr(variant.sandbox, name, value)
         with Sandbox.from_config(variant) as sandbox:
             sandbox.run("pass", session="warm-up")
             rows[label] = {

@@ -124,13 +124,13 @@ def children(pid: int) -> list[int]:
                 found.extend(int(child) for child in file.read().split())
     except FileNotFoundError:
         if os.path.isdir(f"/proc/{pid}/task"):  # a kernel without CONFIG_PROC_CHILDREN
-            return [p for p in _all_pids() if parent_of(p) == pid]
+            return [p for p in all_pids() if parent_of(p) == pid]
     except OSError:
         pass
     return found
 
 
-def _all_pids() -> list[int]:
+def all_pids() -> list[int]:
     return [int(name) for name in os.listdir("/proc") if name.isdigit()]
 
 

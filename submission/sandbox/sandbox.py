@@ -162,6 +162,8 @@ class Sandbox:
                 sess, state = self._session_for_call(name)  # waits for the restore
                 state = "lost" if state == "lost" else "restored"
         except SandboxError as exc:
+            if self._closed:  # close() raced this call: no fault of the machinery
+                return ExecResult("", _CLOSED_DURING, "crashed", time.monotonic() - start, "lost")
             log.error("sandbox cannot start session %r: %s", name, exc)
             return ExecResult(
                 "", f"SandboxError: {exc}\n", "crashed", time.monotonic() - start, "lost"
@@ -459,6 +461,8 @@ class Sandbox:
 
     def _spawn(self, name: str) -> Session:
         """Fork a session, run the prelude (the first cell also pays the copy-on-write faults)."""
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
         hello = self._server.ready()
         if not self._guards_logged:
             self._guards_logged = True

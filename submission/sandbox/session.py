@@ -65,9 +65,6 @@ class Session:
             self._closed = True
         return first
 
-    def exited(self) -> bool:
-        return self.pidfd is not None and pids.exited(self.pidfd)
-
     def close_fds(self) -> None:
         self.channel.close()
         for fd in (self.stdout_fd, self.stderr_fd, self.pidfd):
