@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import dataclasses
+import json
 import os
 import pwd
 import re
@@ -773,3 +774,25 @@ def test_uid_leases_are_exclusive_across_holders(tmp_path) -> None:  # type: ign
     assert second.take(False) == taken[0]
     first.close()
     second.close()
+
+
+# -- the benchmark's own path -------------------------------------------------------------
+
+
+@pytest.mark.slow  # eight sandboxes and both timeout paths: about a minute
+def test_bench_sandbox_measures_each_guard_set_side_by_side(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`bench sandbox` (tiny, no Jupyter) reports every measure, for every guard set."""
+    from submission.__main__ import main
+    from submission.bench.sandbox import GUARD_SETS
+
+    args = ["--reps", "3", "--anchor-reps", "1", "--concurrent", "2", "--no-jupyter", "--json"]
+    assert main(["bench", "sandbox", *args]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report["guards"]) == set(GUARD_SETS)
+    for row in report["guards"].values():
+        assert set(row) == {"call_p50_ms", "new_session_spare_p50_ms", "new_session_fork_p50_ms"}
+        assert all(value > 0 for value in row.values())
+    assert report["sandbox"]["concurrent_all_ok"] is True
+    assert all(row["ours_ms"] > 0 for row in report["snippets"].values())

@@ -11,6 +11,7 @@ time; an interpreter installed under /tmp stays importable inside sessions. Then
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import json
@@ -447,3 +448,71 @@ def test_a_call_in_flight_at_close_says_the_sandbox_was_closed() -> None:
     assert results, "the call in flight did not return"
     assert results[0].status == "crashed", results
     assert "SandboxError" in results[0].stderr and "closed" in results[0].stderr, results
+
+
+# -- a long real workload ---------------------------------------------------------------------
+
+# Brute-force cells as the models write them (sympy and numpy over ranges), each a fraction
+# of a second of CPU; `{k}` varies the range. Each cell adds its result to `found`, so the
+# last cell checks the whole namespace.
+WORKLOAD = (
+    "import sympy\nfound.append(sum(1 for n in range({k} * 2000, {k} * 2000 + 2500)"
+    " if sympy.isprime(n)))",
+    "import sympy\nfound.append(sum(sympy.totient(n) for n in range({k} * 5000,"
+    " {k} * 5000 + 5000)) % 1000000007)",
+    "import numpy as np\nm = (np.arange(14400, dtype=np.int64).reshape(120, 120) + {k}) % 1009\n"
+    "p = np.eye(120, dtype=np.int64)\nfor _ in range(300):\n    p = (p @ m) % 1009\n"
+    "found.append(int(p.sum()))",
+    "from itertools import combinations\n"
+    "found.append(sum(1 for a, b in combinations(range(1, 1400 + {k}), 2)"
+    " if int((a * a + b * b) ** 0.5) ** 2 == a * a + b * b))",
+    "ways = [1] + [0] * (6000 + {k})\nfor part in range(1, 600):\n"
+    "    for total in range(part, len(ways)):\n        ways[total] += ways[total - part]\n"
+    "found.append(ways[-1] % 1000000007)",
+)
+
+
+def expected_workload(cells: list[str]) -> list[int]:
+    """What the cells compute, computed here the same way."""
+    namespace: dict[str, object] = {"found": []}
+    for cell in cells:
+        exec(cell, namespace)
+    return namespace["found"]  # type: ignore[return-value]
+
+
+@pytest.mark.slow
+async def test_many_sessions_of_brute_force_cells_far_past_the_cpu_budget_all_end_ok() -> None:
+    """Six concurrent sessions of 15 sympy/numpy/itertools cells each (about 0.3 s of CPU a
+    cell, 4-5 times `cpu_time_s` a session): every call ends ok, and two sessions crash at
+    the end, are restored (every cell re-run) and still hold every value."""
+    sessions, per_session, crashing = 6, 15, 2
+    cells = {
+        s: [WORKLOAD[i % len(WORKLOAD)].replace("{k}", str(s * 20 + i)) for i in range(per_session)]
+        for s in range(sessions)
+    }
+    config = limits(cpu_time_s=1, spare_sessions=2, restore_timeout_s=120.0)
+    with Sandbox(config) as sb:
+
+        async def attempt(s: int) -> list[ExecResult]:
+            name = f"work-{s}"
+            results = [await sb.arun("found = []", name)]
+            for cell in cells[s]:
+                results.append(await sb.arun(cell, name, timeout=60))
+            if s < crashing:
+                results.append(await sb.arun("import os\nos._exit(1)", name))
+            results.append(await sb.arun("print(found)", name, timeout=60))
+            return results
+
+        outcomes = await asyncio.gather(*(attempt(s) for s in range(sessions)))
+    for s, results in enumerate(outcomes):
+        *calls, last = results
+        crash = calls.pop() if s < crashing else None
+        failed = [r for r in calls if r.status != "ok"]
+        assert not failed, failed
+        if crash is not None:
+            assert crash.status == "crashed" and crash.state == "restored", crash
+        assert (last.status, last.state) == ("ok", "kept"), last
+        found = json.loads(last.stdout)
+        assert len(found) == per_session and all(isinstance(v, int) for v in found), last
+        if s <= crashing:  # the restored ones, and one that was not: the values themselves
+            assert found == expected_workload(cells[s]), (s, last)
