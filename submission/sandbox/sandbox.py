@@ -57,6 +57,8 @@ _KILL_SIGNALS = {signal.SIGKILL, signal.SIGXCPU, signal.SIGXFSZ}
 _WARM_UP_CELL = 'print(end="")'
 # How long a new session's prelude may take.
 _SPAWN_TIMEOUT_S = 30.0
+# How long close() waits for the restores under way to notice their sessions were killed.
+_RESTORE_JOIN_S = 5.0
 # What a call that met a closed sandbox says (in stderr; its status is crashed/lost).
 _CLOSED = "SandboxError: the sandbox is closed\n"
 _CLOSED_DURING = "SandboxError: the sandbox was closed during this call\n"
@@ -273,8 +275,9 @@ class Sandbox:
             self._cancel_restore(restore)
         for sess in sessions:
             self._discard(sess, grace_s=0.0)
+        deadline = time.monotonic() + _RESTORE_JOIN_S
         for thread in threads:  # each ends as soon as its session is killed
-            thread.join(timeout=5.0)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception):
             self._server.close()
         self._executor.shutdown(wait=False, cancel_futures=True)

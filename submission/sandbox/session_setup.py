@@ -102,9 +102,10 @@ def become_session(
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != server_pid:  # the server died before the prctl
         os._exit(0)
-    # With the filter no cell can make a key: nothing of an earlier holder's to wait for.
-    own_uid = user is not None and request.get("uid") == user[0]
-    _leave_keyrings(wait_for_collection=own_uid and not request.get("seccomp"))
+    _leave_keyrings(
+        own_uid=user is not None and request.get("uid") == user[0],
+        filtered=bool(request.get("seccomp")),
+    )
     if request.get("seccomp"):
         seccomp.install()
     sys.stdin = sys.__stdin__ = open(0, closefd=False)  # noqa: SIM115 (fd 0 outlives it)
@@ -202,24 +203,25 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _leave_keyrings(wait_for_collection: bool) -> None:
+def _leave_keyrings(own_uid: bool, filtered: bool) -> None:
     """Keyrings are not namespaced: take a session keyring of its own (not the server's,
-    which every session would share), and empty the uid's user keyrings, which an earlier
-    holder of the uid's lease (in this run or another) may have filled. Without the
-    seccomp filter this is all that keeps keys from passing between sessions; with it
-    keys cannot be made at all, but a key's description still shows in /proc/keys.
-    `wait_for_collection` (a uid of its own, no filter): wait briefly for the kernel to
-    collect the unlinked keys, so their descriptions are gone and their quota free
-    before any cell runs."""
+    which every session would share). With a uid of its own (`own_uid`), empty the uid's
+    user keyrings too, which an earlier holder of its lease (in this run or another) may
+    have filled; a uid shared with others (the harness's own, or one for all sessions)
+    is left alone, its keys are theirs. Without the seccomp filter this is all that keeps
+    keys from passing between sessions, so then wait (briefly) for the kernel to collect
+    the unlinked keys: their descriptions gone from /proc/keys, their quota free."""
     number = _KEYCTL.get(os.uname().machine)
     if number is None:
         return
     libc = ctypes.CDLL(None, use_errno=True)
     libc.syscall(number, KEYCTL_JOIN_SESSION_KEYRING, None)
+    if not own_uid:
+        return
     for ring in (KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING):
         libc.syscall(number, KEYCTL_CLEAR, ctypes.c_long(ring))
     deadline = time.monotonic() + _KEY_COLLECTION_S
-    while wait_for_collection and _keys_held(os.getuid()) > _OWN_KEYRINGS:
+    while not filtered and _keys_held(os.getuid()) > _OWN_KEYRINGS:
         if time.monotonic() > deadline:
             break
         time.sleep(0.002)
