@@ -180,7 +180,8 @@ class Sandbox:
             if status == "crashed":  # it died by itself: how?
                 status = _death_status(info)
             restore = self._start_restore(sess)
-            state = self._await_restore(restore, died_at + self.config.restore_wait_s)
+            restored = self._await_restore(restore, died_at + self.config.restore_wait_s)
+            state = "lost" if state == "lost" else restored  # an earlier loss is news too
         stdout, stdout_cut = call.stdout.text()
         stderr, stderr_cut = call.stderr.text()
         if self._closed and status != "ok":
@@ -404,8 +405,11 @@ class Sandbox:
                     registered = self._sessions.setdefault(restore.name, new) is new
             if not registered:
                 raise SandboxError("closed meanwhile, or started afresh")
-        except (SandboxError, OSError) as exc:
-            log.info("sandbox session %r not restored: %s", restore.name, exc)
+        except Exception as exc:  # whatever happens, the restore ends (its waiters with it)
+            if isinstance(exc, (SandboxError, OSError)):
+                log.info("sandbox session %r not restored: %s", restore.name, exc)
+            else:
+                log.exception("sandbox session %r not restored", restore.name)
             if new is not None:
                 self._discard(new, grace_s=0.0)
             restore.state = "lost"
