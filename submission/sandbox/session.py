@@ -128,7 +128,7 @@ class Call:
                 if self._over_cpu():
                     self._drain_all()
                     return OVER_CPU
-                remaining = min(remaining, _CPU_CHECK_S)
+                remaining = min(remaining, _CPU_CHECK_S)  # look again this often
             events = self._poller.poll(max(1, int(remaining * 1000 + 1)))
             # The channel first: a reply sent just before the process died still counts.
             events.sort(key=lambda event: event[0] != self.sess.channel.fileno())
