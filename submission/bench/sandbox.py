@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
 import statistics
@@ -61,7 +62,6 @@ def run(args: argparse.Namespace) -> int:
                 "python_c_ms": _p50_ms(_python_c(cells), args.anchor_reps),
             }
         results["sandbox"] = _sandbox_numbers(sandbox, args)
-    results["sandbox"]["new_session_fork_p50_ms"] = _fork_p50_ms(config, args.anchor_reps * 4)
     results["guards"] = _guards_cost(config, args)
     if not args.no_jupyter:
         _jupyter(results, args.kernel_reps)
@@ -166,14 +166,6 @@ def _timeout_paths(sandbox: Sandbox, reps: int = 7, timeout: float = 0.2) -> dic
     return numbers
 
 
-def _fork_p50_ms(config: Config, reps: int) -> float:
-    cold_config = copy.deepcopy(config)
-    cold_config.sandbox.spare_sessions = 0  # a new session forked on demand
-    with Sandbox.from_config(cold_config) as cold:
-        cold.run("pass", session="warm-up")
-        return _p50_ms(_new_session(cold), reps)
-
-
 # Guard sets measured side by side: every guard this machine offers (issue 18 added the
 # seccomp filter); without the filter (issue 11's guards); without cgroups, namespaces
 # and the filter (the sandbox before issue 11: rlimits and a uid per session).
@@ -189,20 +181,49 @@ GUARD_SETS = {
 
 
 def _guards_cost(config: Config, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """The same measures with each set of guards (GUARD_SETS), in the same run."""
-    rows = {}
+    """The same measures with each set of guards (GUARD_SETS), interleaved: every
+    measurement takes one sample from each set in turn, so what else loads the machine
+    meanwhile weighs on all of them alike."""
+    variants = {}
     for label, switched_off in GUARD_SETS.items():
-        variant = copy.deepcopy(config)
+        variants[label] = copy.deepcopy(config)
         for name, value in switched_off.items():
-            setattr(variant.sandbox, name, value)
-        with Sandbox.from_config(variant) as sandbox:
+            setattr(variants[label].sandbox, name, value)
+    rows: dict[str, dict[str, float]] = {label: {} for label in variants}
+    with contextlib.ExitStack() as stack:
+        warm = {label: stack.enter_context(Sandbox.from_config(v)) for label, v in variants.items()}
+        for sandbox in warm.values():
             sandbox.run("pass", session="warm-up")
-            rows[label] = {
-                "call_p50_ms": _p50_ms(_ours(sandbox, SNIPPETS["trivial print"]), args.reps),
-                "new_session_spare_p50_ms": _p50_ms(_new_session(sandbox), args.anchor_reps * 4),
-            }
-        rows[label]["new_session_fork_p50_ms"] = _fork_p50_ms(variant, args.anchor_reps * 4)
+        trivial = SNIPPETS["trivial print"]
+        _interleaved(rows, "call_p50_ms", warm, lambda sb: _ours(sb, trivial), args.reps)
+        _interleaved(rows, "new_session_spare_p50_ms", warm, _new_session, args.anchor_reps * 4)
+    with contextlib.ExitStack() as stack:
+        cold = {}
+        for label, variant in variants.items():
+            cold_config = copy.deepcopy(variant)
+            cold_config.sandbox.spare_sessions = 0  # a new session forked on demand
+            cold[label] = stack.enter_context(Sandbox.from_config(cold_config))
+            cold[label].run("pass", session="warm-up")
+        _interleaved(rows, "new_session_fork_p50_ms", cold, _new_session, args.anchor_reps * 4)
     return rows
+
+
+def _interleaved(
+    rows: dict[str, dict[str, float]],
+    measure: str,
+    sandboxes: dict[str, Sandbox],
+    make_call: Callable[[Sandbox], Callable[[], float]],
+    reps: int,
+) -> None:
+    calls = {label: make_call(sandbox) for label, sandbox in sandboxes.items()}
+    samples: dict[str, list[float]] = {label: [] for label in sandboxes}
+    for call in calls.values():
+        call()  # warm
+    for _ in range(max(1, reps)):
+        for label, call in calls.items():
+            samples[label].append(call())
+    for label, values in samples.items():
+        rows[label][measure] = round(statistics.median(values) * 1000, 3)
 
 
 def _jupyter(results: dict[str, Any], reps: int) -> None:
