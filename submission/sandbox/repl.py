@@ -130,10 +130,13 @@ def serve(
 
 
 def _renew_cpu_limit(budget_s: float) -> None:
+    """RLIMIT_CPU soft limit = CPU used so far + one call's budget (+1 s: the harness's own
+    check of the call comes first; this one catches what spins between calls)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    soft = math.ceil(usage.ru_utime + usage.ru_stime + budget_s) + 1  # the harness's check first
+    soft = math.ceil(usage.ru_utime + usage.ru_stime + budget_s) + 1
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
     with contextlib.suppress(ValueError, OSError):  # a cell lowered its hard limit: its own harm
-        resource.setrlimit(resource.RLIMIT_CPU, (soft, resource.getrlimit(resource.RLIMIT_CPU)[1]))
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
 
 
 class _Interrupts:
@@ -154,13 +157,14 @@ class _Interrupts:
     @classmethod
     def _harness_notice(cls) -> bool:
         """Take the harness's interrupt notice off the channel, if it is there."""
-        size = len(INTERRUPT_NOTICE)
+        channel, size = cls.channel, len(INTERRUPT_NOTICE)
+        if channel is None:
+            return False
         try:
-            waiting = cls.channel.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # type: ignore[union-attr]
-            if waiting != INTERRUPT_NOTICE:
+            if channel.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT) != INTERRUPT_NOTICE:
                 return False
-            cls.channel.recv(size, socket.MSG_DONTWAIT)  # type: ignore[union-attr]
-        except (OSError, AttributeError):  # nothing waiting, or a cell broke the channel
+            channel.recv(size, socket.MSG_DONTWAIT)
+        except OSError:  # nothing waiting, or a cell broke the channel
             return False
         return True
 

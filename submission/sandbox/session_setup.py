@@ -21,6 +21,7 @@ import socket
 import sys
 import sysconfig
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from submission.sandbox import seccomp
@@ -123,15 +124,15 @@ def _below_hard_limit(which: int, soft: int, hard: int) -> tuple[int, int]:
     return soft, hard
 
 
-def _isolate(disk_mb: int, user: list[int] | None, interpreter_binds: list[str] = ()) -> bool:
+def _isolate(disk_mb: int, user: list[int] | None, interpreter_binds: Sequence[str] = ()) -> bool:
     """Private mount, network and IPC namespaces: a fresh tmpfs of `disk_mb` for /tmp
     and its kin, owned by the session's user (gone with the session's last process),
     an empty /run (host sockets such as docker's are out of reach), no network
     interface up, SysV IPC objects and message queues of its own (gone with it too).
     The interpreter's folders those hide (a venv under /tmp: `interpreter_binds`) are
-    bound back at their paths, read-only. Then, where the
-    machine allows, a /proc that shows only the session's own processes (other command
-    lines may hold secrets): True when it does."""
+    bound back at their paths, read-only. Then, where the machine allows, a /proc that
+    shows only the session's own processes (other command lines may hold secrets):
+    True when it does."""
     _unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC)
     _mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None)
     # Opened in the new namespace (a bind's source must be in it) before the mounts hide them.
