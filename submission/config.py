@@ -339,6 +339,28 @@ class OutputConfig:
 
 
 @dataclass
+class CollectConfig:
+    """`python -m submission collect`: every attempt of every problem run to its own end."""
+
+    # Attempts per problem (the simulator draws the Solver's K from these; the public
+    # AIMO-3 logs hold 24).
+    attempts: int = 16
+    # Attempts in flight at once, across problems: enough to keep a server's batch full
+    # (an in-process engine also needs its batch size raised to match, e.g.
+    # engine.hf.max_batch_size).
+    concurrency: int = 64
+    # Wall cap per attempt (s); the token cap is generation.max_tokens. An attempt past
+    # it ends with finish reason "timeout" and no answer, like the public logs' cut-off.
+    attempt_timeout_s: float = 3600.0
+    # Top log-probabilities asked per token, for each attempt's mean entropy (0 = none;
+    # only engines that report them give an entropy).
+    top_logprobs: int = 0
+    # fsync every committed row: a row survives the machine's crash, not only the
+    # process's (a few ms per attempt).
+    fsync: bool = True
+
+
+@dataclass
 class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -350,6 +372,7 @@ class Config:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
 
 
 def load_config(

@@ -16,6 +16,7 @@ AttemptEnd = Literal[
     "length",  # max tokens reached
     "max_code_calls",  # the code-call limit was hit and the model asked for more
     "cancelled",  # cancelled by the solver (early stop or deadline)
+    "timeout",  # past the collector's per-attempt wall cap (collect.attempt_timeout_s)
     "error",  # the engine reported an error
 ]
 

@@ -72,23 +72,38 @@ class Solver:
             return f"problem has {len(problem)} characters (limit {limit})"
         return None
 
+    def render(self, problem: str) -> str:
+        """The prompt every attempt at `problem` continues."""
+        return self.template.render(problem)
+
+    def new_attempt(self, problem_id: str, attempt_num: int) -> AttemptRecord:
+        """Attempt `attempt_num`'s empty record; it samples with seed base_seed + attempt_num."""
+        seed = self.config.generation.base_seed + attempt_num
+        return AttemptRecord(problem_id, attempt_num=attempt_num, seed=seed)
+
+    async def run_attempt(self, record: AttemptRecord, prompt: str) -> None:
+        """One attempt at a rendered prompt, to its own end or until cancelled.
+
+        The record is final when this returns or is cancelled; the attempt's sandbox
+        session is closed then. `solve` runs K of these; the collector runs them one by one.
+        """
+        params = SamplingParams.from_generation(self.config.generation, record.seed)
+        session = f"{record.problem_id}-a{record.attempt_num}"
+        try:
+            await self.tir.run_attempt(record, prompt, params, session)
+        finally:
+            self._close_session(session)
+
     async def solve(self, problem_id: str, problem: str, budget_s: float) -> ProblemResult:
         loop = asyncio.get_running_loop()
         started = loop.time()
         if (reason := self.problem_error(problem)) is not None:
             return self.fallback(problem_id, [], 0.0, budget_s, reason)
-        prompt = self.template.render(problem)
-        gen = self.config.generation
-        records = [
-            AttemptRecord(problem_id, attempt_num=i, seed=gen.base_seed + i)
-            for i in range(self.attempts_for_engine())
-        ]
+        prompt = self.render(problem)
+        records = [self.new_attempt(problem_id, i) for i in range(self.attempts_for_engine())]
         tasks: dict[asyncio.Task[None], AttemptRecord] = {}
         for record in records:
-            params = SamplingParams.from_generation(gen, record.seed)
-            session = f"{problem_id}-a{record.attempt_num}"
-            task = asyncio.create_task(self.tir.run_attempt(record, prompt, params, session))
-            tasks[task] = record
+            tasks[asyncio.create_task(self.run_attempt(record, prompt))] = record
         finished: list[AttemptRecord] = []  # in order of finishing (the tie-break uses it)
         stop_reason = "deadline"
         deadline = started + budget_s
@@ -115,8 +130,6 @@ class Solver:
                         task.cancel()
         finally:
             await self._cancel_all(tasks)
-            for record in records:
-                self._close_session(f"{problem_id}-a{record.attempt_num}")
         # Shortest first (then by attempt number): the vote's tie-break then depends on the
         # attempts themselves, never on scheduling jitter, and favours the more direct solution.
         voters = sorted(

@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "sandbox": "submission.bench.sandbox",
     "harness": "submission.bench.harness",
+    "speed": "submission.bench.speed",
 }
 
 
