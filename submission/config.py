@@ -9,6 +9,7 @@ every section can be overridden that way.
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -398,6 +399,30 @@ def load_config(
 def as_dict(config: Config) -> dict[str, Any]:
     """The config as plain data (for logs and reports)."""
     return dataclasses.asdict(config)
+
+
+def config_toml(config: Config) -> str:
+    """The fields that differ from the profile's defaults, as TOML (JSON scalars are TOML).
+
+    `load_config(profile, that file)` gives `config` back.
+    """
+    defaults = as_dict(load_config(config.profile.name))
+    lines: list[str] = []
+
+    def emit(section: str, values: dict[str, Any], base: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in values.items() if not isinstance(v, dict) and v != base[k]}
+        if scalars:
+            lines.append(f"[{section}]")
+            lines.extend(
+                f"{key} = {json.dumps(list(v) if isinstance(v, tuple) else v)}"
+                for key, v in scalars.items()
+            )
+        for key, value in values.items():
+            if isinstance(value, dict):
+                emit(f"{section}.{key}" if section else key, value, base[key])
+
+    emit("", as_dict(config), defaults)
+    return "\n".join(lines) + "\n"
 
 
 def add_config_arguments(parser: Any) -> None:

@@ -9,6 +9,7 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "sandbox": "submission.bench.sandbox",
     "harness": "submission.bench.harness",
+    "collect": "submission.bench.collect",
     "speed": "submission.bench.speed",
 }
 
