@@ -26,7 +26,7 @@ class LiveProgress:
         done: int = 0,
         status: Callable[[], str] = lambda: "",
         unit: str = "",
-        log_every_s: float = LOG_EVERY_S,
+        log_every_s: float | None = None,
         enabled: bool = True,
     ) -> None:
         self.what = what
@@ -34,7 +34,7 @@ class LiveProgress:
         self.done = done
         self.status = status
         self.unit = unit
-        self.log_every_s = log_every_s
+        self.log_every_s = LOG_EVERY_S if log_every_s is None else log_every_s
         self.enabled = enabled
         self._done_at_start = done
         self._started = time.monotonic()
