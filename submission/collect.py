@@ -52,6 +52,7 @@ from submission.attempt_store import (
     unpack_text,
 )
 from submission.config import Config, as_dict
+from submission.engines.base import Prompt
 from submission.engines.tap import AttemptWatch, TappedEngine, watching
 from submission.log_stats import plot, render_markdown, score_table
 from submission.problem_rows import ProblemRow
@@ -240,19 +241,36 @@ class Collector:
 
     async def run(self, work: Sequence[tuple[ProblemRow, int]]) -> CollectOutcome:
         pending = iter(work)  # shared by the workers: each item is taken once
-        prompts: dict[str, str] = {}
+        prompts: dict[str, Prompt | None] = {}
 
         async def worker() -> None:
             for problem, attempt_num in pending:
                 if problem.problem_id not in prompts:
-                    prompts[problem.problem_id] = self.solver.render(problem.problem)
-                await self._attempt(problem, attempt_num, prompts[problem.problem_id])
+                    prompts[problem.problem_id] = self._render(problem)
+                prompt = prompts[problem.problem_id]
+                if prompt is None:
+                    self.outcome.failed += 1
+                    continue
+                await self._attempt(problem, attempt_num, prompt)
 
         workers = min(self.config.collect.concurrency, len(work))
         await asyncio.gather(*(worker() for _ in range(workers)))
         return self.outcome
 
-    async def _attempt(self, problem: ProblemRow, attempt_num: int, prompt: str) -> None:
+    def _render(self, problem: ProblemRow) -> Prompt | None:
+        """The problem's prompt, or None (its attempts fail, not kept) when it can't render."""
+        try:
+            return self.solver.render(problem.problem)
+        except Exception as exc:  # e.g. a family without its vocabulary
+            self._failed(f"{problem.problem_id}: render failed: {type(exc).__name__}: {exc}")
+            return None
+
+    def _failed(self, why: str) -> None:
+        if not self.outcome.first_error:
+            self.outcome.first_error = why
+            log.error("attempt failed (not kept): %s", why)
+
+    async def _attempt(self, problem: ProblemRow, attempt_num: int, prompt: Prompt) -> None:
         record = self.solver.new_attempt(problem.problem_id, attempt_num)
         watch = AttemptWatch()
         started_at = time.time()
@@ -269,10 +287,8 @@ class Collector:
             record.error_message = f"{type(exc).__name__}: {exc}"
         if record.finish_reason == "error":
             self.outcome.failed += 1
-            if not self.outcome.first_error:
-                self.outcome.first_error = f"{problem.problem_id}-{attempt_num}: "
-                self.outcome.first_error += record.error_message or "engine error"
-                log.error("attempt failed (not kept): %s", self.outcome.first_error)
+            why = record.error_message or "engine error"
+            self._failed(f"{problem.problem_id}-{attempt_num}: {why}")
             return
         row = attempt_row(record, watch, problem, started_at, str(self.chunk))
         self.writer.append(row)

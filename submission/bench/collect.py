@@ -40,9 +40,10 @@ from submission.config import (
     add_config_arguments,
     config_from_args,
 )
-from submission.engines.base import Engine, SamplingParams
+from submission.engines.base import Engine, Prompt, SamplingParams
 from submission.engines.registry import create_engine
 from submission.engines.tap import TappedEngine
+from submission.families.registry import create_family
 from submission.policy.defaults import default_policy
 from submission.problem_rows import ProblemRow
 from submission.solver import Solver
@@ -83,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
 async def measure(config: Config, streams: int, reps: int) -> dict[str, Any]:
     from submission.sandbox import Sandbox
 
-    sandbox = Sandbox.from_config(config)  # before the engine touches CUDA
+    family = create_family(config)
+    sandbox = Sandbox.from_config(config, family.session_prelude)  # before CUDA
     engine = create_engine(config)
     first = pl.read_csv(PROBLEMS).row(0, named=True)
     problem = ProblemRow(str(first["id"]), str(first["problem"]), None, 2)
@@ -92,7 +94,8 @@ async def measure(config: Config, streams: int, reps: int) -> dict[str, Any]:
     try:
         await engine.start()
         tapped = TappedEngine(engine, config.collect.top_logprobs)
-        solver = Solver(tapped, sandbox, config, default_policy(config))
+        solver = Solver(tapped, sandbox, config, default_policy(config), family)
+        await asyncio.to_thread(solver.check_ready)
         prompt = solver.render(problem.problem)
         for rep in range(reps):
             # Alternating which side goes first (ABBA): a machine whose load drifts during
@@ -132,7 +135,7 @@ async def measure(config: Config, streams: int, reps: int) -> dict[str, Any]:
     }
 
 
-async def _bare(engine: Engine, prompt: str, streams: int, config: Config) -> dict[str, float]:
+async def _bare(engine: Engine, prompt: Prompt, streams: int, config: Config) -> dict[str, float]:
     async def drain(seed: int) -> int:
         params = SamplingParams.from_generation(config.generation, seed)
         return sum([chunk.tokens async for chunk in engine.stream(prompt, params)])

@@ -27,6 +27,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import polars as pl
 from rich.console import Console
 from rich.table import Table
 
@@ -39,9 +40,9 @@ from submission.config import (
     add_config_arguments,
     config_from_args,
 )
-from submission.engines.base import Engine, SamplingParams
+from submission.engines.base import Engine, Prompt, SamplingParams
 from submission.engines.registry import create_engine
-from submission.prompt import PromptTemplate
+from submission.families.registry import create_family
 from submission.speed_profile import SpeedProfile, fit_engine_model, save_profile
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,14 @@ def run(args: argparse.Namespace) -> int:
 async def measure(config: Config, streams: list[int], max_tokens: int, cells: int) -> SpeedProfile:
     from submission.sandbox import Sandbox
 
-    sandbox = Sandbox.from_config(config)  # before the engine touches CUDA
+    family = create_family(config)
+    sandbox = Sandbox.from_config(config, family.session_prelude)  # before CUDA
     engine = create_engine(config)
     try:
         code_call_s = await _code_call_seconds(sandbox, cells, config.tir.code_timeout_s)
         await engine.start()
-        prompt = _prompt(config)
+        family.load()
+        prompt = family.render(pl.read_csv(PROMPT_PROBLEMS)["problem"][0])
         rates = []
         for n in streams:
             rate = await _stream_rate(engine, prompt, n, max_tokens, config)
@@ -106,15 +109,8 @@ async def measure(config: Config, streams: list[int], max_tokens: int, cells: in
     )
 
 
-def _prompt(config: Config) -> str:
-    import polars as pl
-
-    problem = pl.read_csv(PROMPT_PROBLEMS)["problem"][0]
-    return PromptTemplate.from_config(config.prompt).render(problem)
-
-
 async def _stream_rate(
-    engine: Engine, prompt: str, streams: int, max_tokens: int, config: Config
+    engine: Engine, prompt: Prompt, streams: int, max_tokens: int, config: Config
 ) -> float:
     """Each stream's decode rate (first chunk to last), averaged over `streams` at once."""
     loop = asyncio.get_running_loop()

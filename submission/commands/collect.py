@@ -176,19 +176,22 @@ async def _run(
     """Start the sandbox and the engine, run the work with progress, stop both."""
     from submission.engines.registry import create_engine
     from submission.engines.tap import TappedEngine
+    from submission.families.registry import create_family
     from submission.policy.defaults import default_policy
     from submission.sandbox import Sandbox
     from submission.solver import Solver
 
-    sandbox = Sandbox.from_config(config)  # before the engine touches CUDA
+    family = create_family(config)
+    sandbox = Sandbox.from_config(config, family.session_prelude)  # before CUDA
     engine = TappedEngine(create_engine(config), config.collect.top_logprobs)
     try:
         began = time.monotonic()
         await engine.start()
+        solver = Solver(engine, sandbox, config, default_policy(config), family)
+        await asyncio.to_thread(solver.check_ready)  # the family's vocabulary; engine fit
         log.info("engine %s started in %.1f s", engine.name, time.monotonic() - began)
         if engine.greedy:
             log.warning("engine %s decodes greedily: its attempts will be identical", engine.name)
-        solver = Solver(engine, sandbox, config, default_policy(config))
         problems_total = len(left)
         problems_done = sum(1 for n in left.values() if n == 0)
         started, tokens_at_start = time.monotonic(), engine.tokens
