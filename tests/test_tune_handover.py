@@ -75,10 +75,11 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A speed profile measured by `bench speed` on a sim engine with R1 2000, a 0.087."""
     path = tmp_path_factory.mktemp("profile") / "profile.json"
-    argv = ["bench", "speed", "--streams", "1", "4", "--max-tokens", "600"]
+    argv = ["bench", "speed", "--streams", "1", "4", "--max-tokens", "3000"]
     argv += ["--code-cells", "3", "--out", str(path)]
+    # Chunks of 0.25 s: a loaded machine's late wake-ups are a small part of each.
     sim = ["engine.kind=sim", "engine.sim.tokens_per_s=2000", "engine.sim.code_call_s=0"]
-    sim += ["engine.sim.chunk_s=0.02", "engine.sim.concurrency=1"]
+    sim += ["engine.sim.chunk_s=0.25", "engine.sim.concurrency=1"]
     assert main([*argv, *(a for s in sim for a in ("--set", s))]) == 0
     return path
 
@@ -86,7 +87,7 @@ def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_bench_speed_measures_the_engine_model(profile: Path) -> None:
     measured = load_profile(profile)
     assert measured.streams == (1, 4) and measured.engine == "sim"
-    assert measured.single_stream_rate == pytest.approx(2000, rel=0.1)
+    assert measured.single_stream_rate == pytest.approx(2000, rel=0.15)
     assert measured.contention == pytest.approx(0.087, abs=0.03)
     assert measured.code_call_s > 0
 
