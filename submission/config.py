@@ -481,16 +481,20 @@ def as_dict(config: Config) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def config_toml(config: Config) -> str:
-    """The fields that differ from the profile's defaults, as TOML (JSON scalars are TOML).
-
-    `load_config(profile, that file)` gives `config` back.
+def config_toml(config: Config, always: typing.Collection[str] = ()) -> str:
+    """The fields that differ from the profile's defaults, and the dotted fields `always`
+    names, as TOML (JSON scalars are TOML). `load_config(profile, that file)` gives
+    `config` back.
     """
     defaults = as_dict(load_config(config.profile.name))
     lines: list[str] = []
 
     def emit(section: str, values: dict[str, Any], base: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in values.items() if not isinstance(v, dict) and v != base[k]}
+        scalars = {
+            k: v
+            for k, v in values.items()
+            if not isinstance(v, dict) and (v != base[k] or f"{section}.{k}" in always)
+        }
         if scalars:
             lines.append(f"[{section}]")
             lines.extend(

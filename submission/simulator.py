@@ -468,7 +468,7 @@ def tune(
 
 
 def describe_candidate(candidate: dict[str, float]) -> str:
-    return ",".join(f"{k.split('.')[-1]}={v:g}" for k, v in candidate.items())
+    return ",".join(f"{k.split('.')[-1]}={v!r}" for k, v in candidate.items())
 
 
 def _lead(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -131,7 +132,9 @@ def test_a_tuned_policy_from_a_collected_log_runs_in_the_kernel(
     )
     assert "± " in (out / "cross_validation.md").read_text()
     text = policy.read_text()
-    assert text.startswith("# Policy tuned by") and "[budget]\nbase_shares = " in text
+    assert text.startswith("# Policy tuned by")
+    # The tuned fields are stated even where they equal the defaults.
+    assert "[budget]\nbase_shares = " in text and "[early_stop]\npatient_tokens = " in text
     tuned = load_config("aimo3", policy)
     assert tuned.engine.kind == "sim" and tuned.solver.attempts == 4  # the base config kept
     assert tuned.budget.base_shares in (1.4, 1.8, 2.2)
@@ -168,3 +171,35 @@ def test_a_tuned_policy_from_a_collected_log_runs_in_the_kernel(
     assert check_submission(kernel_out / "submission.parquet", test_csv, tuned.profile) == []
     answers = pl.read_parquet(kernel_out / "attempts.parquet")
     assert answers["answer"].is_not_null().sum() > 0  # the stand-in answered, not the fallback
+
+
+def test_a_tuned_policy_passes_the_rehearsal(collected: Path, tmp_path: Path) -> None:
+    """The same hand-over through `rehearse` (fresh venvs from the wheelhouse, the built-in
+    gateway): needs the two wheel folders (docs/kaggle.md), so it runs where
+    AIMO_TEST_WHEELHOUSE and AIMO_TEST_IMAGE_WHEELS name them; the kernel.py test above is
+    its counterpart everywhere."""
+    wheelhouse, image = (
+        os.environ.get(n) for n in ("AIMO_TEST_WHEELHOUSE", "AIMO_TEST_IMAGE_WHEELS")
+    )
+    if not (wheelhouse and image):
+        pytest.skip("set AIMO_TEST_WHEELHOUSE and AIMO_TEST_IMAGE_WHEELS to rehearse")
+    policy = tmp_path / "policy.toml"  # over the production config, as docs/own-model.md says
+    argv = ["simulate", "--attempts", str(collected / "attempts.parquet"), *QUICK]
+    argv += ["--config", str(REPO / "submission" / "kaggle.toml")]
+    assert main([*argv, "--cross-validate", "--write-policy", str(policy)]) == 0
+    test_csv = tmp_path / "test.csv"
+    pl.read_csv(PACKAGE_DATA / "synthetic_problems.csv").head(10).write_csv(test_csv)
+    rehearse = ["rehearse", "--wheelhouse", wheelhouse, "--image-wheels", image, "--json"]
+    rehearse += [
+        "--config",
+        str(policy),
+        "--test-csv",
+        str(test_csv),
+        "--keep",
+        str(tmp_path / "tree"),
+    ]
+    sim = ["engine.kind=sim", f"engine.sim.attempts_csv={collected / 'attempts.parquet'}"]
+    assert main([*rehearse, *(a for s in sim for a in ("--set", s))]) == 0
+    kernel_config = load_config("aimo3", tmp_path / "tree" / "rehearsal.toml")
+    tuned = load_config("aimo3", policy)
+    assert kernel_config.budget == tuned.budget and kernel_config.early_stop == tuned.early_stop

@@ -231,7 +231,7 @@ def policy_toml(
     tuned = copy.deepcopy(base)
     for dotted, value in chosen.items():
         set_field(tuned, dotted, repr(value))
-    sets = " ".join(f"--set {k}={v:g}" for k, v in chosen.items())
+    sets = " ".join(f"--set {k}={v!r}" for k, v in chosen.items())
     header = [
         f"Policy tuned by `python -m submission simulate --cross-validate` on {log_path}",
         f"over {', '.join(CV_GRID)}: {describe_candidate(chosen)} (the same as {sets}).",
@@ -243,7 +243,7 @@ def policy_toml(
         ),
         "Read by: python submission/kernel.py --config THIS_FILE",
     ]
-    return "".join(f"# {line}\n" for line in header) + config_toml(tuned)
+    return "".join(f"# {line}\n" for line in header) + config_toml(tuned, always=chosen)
 
 
 def sweep_markdown(rows: Sequence[SweepRow], problems: int, engine_lines: Sequence[str]) -> str:
