@@ -18,6 +18,7 @@ import fcntl
 import json
 import os
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,20 +55,34 @@ class ShardRead:
     bad_lines: list[int]  # complete lines that are not rows (1-based; corruption)
 
 
+def _committed_lines(path: Path) -> Iterator[tuple[int, int, dict[str, Any] | None]]:
+    """(line number, bytes, the row or None when the line is not one) of each committed
+    line, streamed; stops before a torn last line."""
+    with path.open("rb") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.endswith(b"\n"):
+                return
+            try:
+                row = json.loads(line)
+                row_key(row)
+            except (ValueError, KeyError, TypeError):
+                row = None
+            yield number, len(line), row
+
+
 def read_shard(path: Path) -> ShardRead:
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1  # committed lines end with a newline
+    """The shard's rows, their texts left out (`texts()` streams those)."""
     rows: list[dict[str, Any]] = []
     bad: list[int] = []
-    for number, line in enumerate(data[:end].splitlines(), start=1):
-        try:
-            row = json.loads(line)
-            row_key(row)
-        except (ValueError, KeyError, TypeError):
+    good_bytes = 0
+    for number, size, row in _committed_lines(path):
+        good_bytes += size
+        if row is None:
             bad.append(number)
             continue
+        row.pop(TEXT_FIELD, None)
         rows.append(row)
-    return ShardRead(rows, end, end < len(data), bad)
+    return ShardRead(rows, good_bytes, good_bytes < path.stat().st_size, bad)
 
 
 @dataclass
@@ -89,7 +104,8 @@ def shard_paths(folder: Path) -> list[Path]:
 
 
 def read_store(folder: Path) -> StoreRead:
-    """All shards of `folder` in name order; the first row of each key wins."""
+    """All shards of `folder` in name order; the first row of each key wins (texts left
+    out: `texts()` streams them)."""
     result = StoreRead(rows=[])
     seen: set[Key] = set()
     for path in shard_paths(folder):
@@ -106,6 +122,17 @@ def read_store(folder: Path) -> StoreRead:
             seen.add(key)
             result.rows.append(row)
     return result
+
+
+def texts(folder: Path) -> Iterator[tuple[Key, str]]:
+    """Each key's text, in `read_store`'s order and with its choice of row, one at a time."""
+    seen: set[Key] = set()
+    for path in shard_paths(folder):
+        for _, _, row in _committed_lines(path):
+            if row is None or (key := row_key(row)) in seen:
+                continue
+            seen.add(key)
+            yield key, unpack_text(row[TEXT_FIELD])
 
 
 class ShardWriter:

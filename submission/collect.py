@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ from submission.attempt_store import (
     StoreRead,
     pack_text,
     read_store,
-    unpack_text,
+    texts,
 )
 from submission.config import Config, as_dict
 from submission.engines.base import Prompt
@@ -63,6 +64,7 @@ from submission.solver import Solver
 log = logging.getLogger(__name__)
 
 SETTINGS_FILE = "collect.json"
+GENERATION_BATCH = 1000  # texts per parquet batch when merging
 SHARDS = "shards"
 # Columns the collector adds to the run's attempt log (report.ATTEMPT_SCHEMA).
 COLLECT_SCHEMA: dict[str, Any] = {
@@ -321,22 +323,13 @@ def merge(out_dir: Path) -> MergeResult:
     rows = sorted(store.rows, key=lambda r: (str(r["problem_id"]), int(r["attempt_num"])))
     schema = ATTEMPT_SCHEMA | COLLECT_SCHEMA
     attempts = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
-    generations = pl.DataFrame(
-        {
-            "problem_id": [str(r["problem_id"]) for r in rows],
-            "attempt_num": [int(r["attempt_num"]) for r in rows],
-            "text": [unpack_text(r[TEXT_FIELD]) for r in rows],
-        },
-        schema={"problem_id": pl.String, "attempt_num": pl.Int64, "text": pl.String},
-    )
     expected = {str(r["problem_id"]): r.get("expected") for r in rows}
     table = score_table(attempts, expected)
     title = f"pass@k / maj@k: {attempts['problem_id'].n_unique()} problems, {len(rows)} attempts"
     written = {
         "attempts": _write(out_dir / "attempts.parquet", attempts.write_parquet),
         "generations": _write(
-            out_dir / "generations.parquet",
-            lambda p: generations.write_parquet(p, compression="zstd"),
+            out_dir / "generations.parquet", lambda p: _write_generations(out_dir / SHARDS, p)
         ),
         "table": _write(
             out_dir / "passk.md", lambda p: p.write_text(render_markdown(table, title), "utf-8")
@@ -345,6 +338,22 @@ def merge(out_dir: Path) -> MergeResult:
         "plot": _write(out_dir / "passk.png", lambda p: plot(table, p, title)),
     }
     return MergeResult(len(rows), attempts["problem_id"].n_unique(), store, table, written)
+
+
+def _write_generations(shards: Path, path: Path) -> None:
+    """The texts, streamed from the shards in batches (a big log's texts never all in memory)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema(
+        [("problem_id", pa.string()), ("attempt_num", pa.int64()), ("text", pa.string())]
+    )
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        stream = texts(shards)
+        while batch := list(itertools.islice(stream, GENERATION_BATCH)):
+            keys, values = zip(*batch, strict=True)
+            columns = [[k[0] for k in keys], [k[1] for k in keys], list(values)]
+            writer.write_table(pa.Table.from_arrays([pa.array(c) for c in columns], schema=schema))
 
 
 def _write(path: Path, writer: Callable[[Path], object]) -> Path:
