@@ -311,7 +311,8 @@ class MergeResult:
 
 
 def merge(out_dir: Path) -> MergeResult:
-    """Every shard's rows into the attempt log, the generations, and the pass@k/maj@k table."""
+    """Every shard's rows into the attempt log, the generations, and the pass@k/maj@k table
+    (nothing is written while the folder holds no row)."""
     store = read_store(out_dir / SHARDS)
     if store.duplicates or store.torn_tails or store.bad_lines:
         log.warning(
@@ -320,6 +321,8 @@ def merge(out_dir: Path) -> MergeResult:
             store.torn_tails or "none",
             store.bad_lines or "none",
         )
+    if not store.rows:
+        return MergeResult(0, 0, store, pl.DataFrame())
     rows = sorted(store.rows, key=lambda r: (str(r["problem_id"]), int(r["attempt_num"])))
     schema = ATTEMPT_SCHEMA | COLLECT_SCHEMA
     attempts = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)

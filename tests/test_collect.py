@@ -210,11 +210,21 @@ def test_bad_input_is_reported_and_nothing_is_lost(
     # Another problem text under a collected id, other settings, a busy shard: refused.
     problems.write_text("id,problem\nsyn000,another text\n")
     assert main(argv) == 2
-    problems.write_text("id,problem\n" + lines[0] + "\n")
+    assert "differs from the text their collected attempts were run on" in caplog.text
+    problems.write_text("id,problem,answer\n" + lines[0] + "\n")
+    caplog.clear()
     assert main([*argv, "--set", "generation.temperature=1.0"]) == 2
+    assert "other settings (generation.temperature)" in caplog.text
     with ShardWriter(out / SHARDS / "chunk-0-of-1.jsonl", fsync=False):
         assert main(argv) == 2
+    assert "another process is writing" in caplog.text
     assert main(["collect", "--problems", str(tmp_path / "none.csv"), "--out", str(out)]) == 2
+    assert main(["collect", "--merge", "--out", str(tmp_path / "empty")]) == 2
+    assert not (tmp_path / "empty").exists()
+    hf = ["--set", "engine.kind=hf", "--set", f"engine.hf.model={tmp_path / 'no-model'}"]
+    # An engine that cannot start: its reason, exit 2.
+    assert main(["collect", "--problems", str(problems), "--out", str(tmp_path / "hf"), *hf]) == 2
+    assert "hf: cannot load" in caplog.text
     assert len(read_store(out / SHARDS).rows) == 8  # what was committed is still there
 
 

@@ -44,6 +44,7 @@ from submission.config import (
     add_config_arguments,
     config_from_args,
 )
+from submission.engines.base import EngineError
 from submission.problem_rows import ProblemRow, ProblemRowsError, read_problem_rows
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     try:
         outcome = asyncio.run(_collect(config, problems, out_dir, chunk))
-    except (CollectError, StoreBusyError) as exc:
+    except (CollectError, StoreBusyError, EngineError) as exc:
         log.error("%s", exc)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
