@@ -422,7 +422,8 @@ def _entropies(logits: Any, requests: list[_Request]) -> list[float | None]:
     wanted = [r.params.top_logprobs for r in requests]
     if not any(wanted):
         return [None] * len(requests)
-    top = torch.log_softmax(logits.float(), dim=-1).topk(max(wanted), dim=-1).values
+    k = min(max(wanted), logits.shape[-1])
+    top = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1).values
     rank = torch.arange(top.shape[1], device=top.device).unsqueeze(0)
     keep = rank < torch.tensor(wanted, device=top.device).unsqueeze(1)
     entropy = -(top.exp() * top).masked_fill(~keep, 0.0).sum(dim=-1)
