@@ -108,10 +108,12 @@ class HarmonyConfig:
         "You will solve the problem and return the final answer in \\boxed{}."
     )
     # The user message; {problem} is substituted.
-    user_message: str = "{problem}"
+    user_message: Annotated[str, Contains("{problem}")] = "{problem}"
     # The tool's reply when a call timed out or its process died (gpt-oss
     # gpt_oss/tools/python_docker/docker_tool.py: "[ERROR] " + the TimeoutError's text).
-    timeout_text: str = "[ERROR] Timed out waiting for Jupyter kernel output."
+    timeout_text: Annotated[str, NonEmpty()] = (
+        "[ERROR] Timed out waiting for Jupyter kernel output."
+    )
     # Folder holding o200k_base.tiktoken; "" = $TIKTOKEN_ENCODINGS_BASE, else the cache folder
     # `python -m submission vocab` fills (submission/families/harmony_vocab.py).
     vocabulary_dir: str = ""
