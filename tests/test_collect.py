@@ -229,6 +229,7 @@ def test_bad_input_is_reported_and_nothing_is_lost(
 
 
 def test_collect_with_the_hf_engine_on_a_tiny_model(tmp_path: Path, hf_tiny: Path) -> None:
+    """A real model through the real engine: rows, tokens, the engine's identity, entropy."""
     out = tmp_path / "out"
     problems = tmp_path / "p.csv"
     pl.read_csv(PACKAGE_DATA / "aimo3_reference.csv").head(2).write_csv(problems)
@@ -248,10 +249,14 @@ def test_collect_with_the_hf_engine_on_a_tiny_model(tmp_path: Path, hf_tiny: Pat
         "collect.attempts=3",
         "--set",
         "collect.concurrency=6",
+        "--set",
+        "collect.top_logprobs=5",  # the hf engine reports each token's entropy over them
     ]
     assert main(argv) == 0
     attempts = pl.read_parquet(out / "attempts.parquet")
     assert attempts.height == 6 and (attempts["tokens"] > 0).all()
+    # The mean per-token entropy over the top 5 (at most ln 5 nats).
+    assert attempts["entropy"].is_between(0.0, 1.61).all()
     assert (attempts["tokens"] <= 24).all() and attempts["expected"].is_not_null().all()
     settings = json.loads((out / "collect.json").read_text())
     assert settings["engine"] == {"kind": "hf", "identity": str(hf_tiny)}
