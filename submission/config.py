@@ -433,7 +433,7 @@ class CollectConfig:
     # only engines that report them give an entropy).
     top_logprobs: Annotated[int, Range(ge=0)] = 0
     # fsync every committed row: a row survives the machine's crash, not only the
-    # process's (a few ms per attempt).
+    # process's (0.3 ms per row on the development box's disk, docs/own-model.md).
     fsync: bool = True
 
 
