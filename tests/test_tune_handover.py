@@ -140,6 +140,10 @@ def test_a_tuned_policy_from_a_collected_log_runs_in_the_kernel(
     assert tuned.budget.base_shares in (1.4, 1.8, 2.2)
     assert tuned.early_stop.patient_tokens in (40_000, 10**9)
     assert not (out / "policy.toml").exists()  # --write-policy named another place
+    # The header's --set flags give the same policy on the command line.
+    sets = text.split("(the same as ", 1)[1].split(")", 1)[0].split()
+    by_sets = load_config("aimo3", None, [v for v in sets if v != "--set"])
+    assert by_sets.budget == tuned.budget and by_sets.early_stop == tuned.early_stop
 
     test_csv = tmp_path / "test.csv"
     pl.read_csv(PACKAGE_DATA / "synthetic_problems.csv").head(10).select("id", "problem").write_csv(
