@@ -93,6 +93,9 @@ class GenerationConfig:
     repetition_penalty: float = 1.0
     # Attempt i of a problem samples with seed base_seed + i.
     base_seed: int = 0
+    # Top log-probabilities per token the engine is asked for (0 = none); each attempt keeps
+    # the mean entropy over them (the entropy vote, early_stop.selection = "entropy").
+    top_logprobs: int = 0
     stop: tuple[str, ...] = ("<|im_end|>", "<|endoftext|>")
 
 
@@ -303,10 +306,14 @@ class HfEngineConfig:
 
 @dataclass
 class OpenaiEngineConfig:
-    """Any OpenAI-compatible completions server (trtllm-serve, vLLM, SGLang)."""
+    """Any OpenAI-compatible completions server (vLLM, SGLang, trtllm-serve, transformers serve)."""
 
     base_urls: tuple[str, ...] = ("http://127.0.0.1:8000/v1",)
-    model: str = ""
+    model: str = ""  # empty = the first id of the server's GET /models
+    # Which request fields beyond OpenAI's API the servers take (engines/openai_dialects.py):
+    # "auto" = learnt from each server's GET /models `owned_by` (vllm, sglang, tensorrt_llm;
+    # anything else is "plain": OpenAI's fields only, e.g. transformers serve).
+    dialect: Literal["auto", "vllm", "sglang", "trtllm", "plain"] = "auto"
     api_key: str = "EMPTY"
     max_retries: int = 5
     request_timeout_s: float = 3600.0

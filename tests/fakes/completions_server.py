@@ -1,10 +1,10 @@
 """A small real OpenAI-compatible completions server on 127.0.0.1, backed by an Engine.
 
-`transformers serve` offers chat completions, not the raw-prompt
-`/v1/completions` the openai engine speaks, so the tests serve the hf engine
-through this: real sockets, real HTTP/1.1, real server-sent events, shaped
+The tests serve the hf engine through this (tests/test_model_server.py runs the
+real `transformers serve`): real sockets, real HTTP/1.1, real server-sent events, shaped
 like vLLM's responses (`stop_reason`, `include_stop_str_in_output`, usage
-stats) or SGLang's (`matched_stop`, stop string always trimmed). A client that
+stats, `owned_by` "vllm") or SGLang's (`matched_stop`, the stop string trimmed
+unless `no_stop_trim`, `owned_by` "sglang"). A client that
 disconnects aborts its request in the engine, as vLLM does.
 """
 
@@ -48,7 +48,8 @@ class CompletionsServer:
         try:
             method, path, body = await _read_request(reader)
             if method == "GET" and path == "/v1/models":
-                data = {"object": "list", "data": [{"id": self.model_name, "object": "model"}]}
+                card = {"id": self.model_name, "object": "model", "owned_by": self.style}
+                data = {"object": "list", "data": [card]}
                 await _respond_json(writer, 200, data)
             elif method == "POST" and path == "/v1/completions":
                 await self._complete(reader, writer, json.loads(body))
@@ -79,7 +80,9 @@ class CompletionsServer:
             seed=request.get("seed"),
             stop=(stop,) if isinstance(stop, str) else tuple(stop),
         )
-        keep_stop = self.style == "vllm" and bool(request.get("include_stop_str_in_output"))
+        keep_stop = bool(
+            request.get("include_stop_str_in_output" if self.style == "vllm" else "no_stop_trim")
+        )
         drop_after, self.drop_after_events = self.drop_after_events, None
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
