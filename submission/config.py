@@ -167,6 +167,10 @@ class EarlyStopConfig:
     contention: float = ENGINE_CONTENTION
     # Each vote weighs (1 + code errors) ** -error_power; 0 = plain majority.
     error_power: float = 0.5
+    # How votes are counted: "errors" (weighed by error_power, above) or "entropy" (each vote
+    # weighs 1 / its attempt's mean entropy, the AIMO-3 anchor's logprob vote: needs
+    # generation.top_logprobs > 0 and an engine that reports logprobs; docs/policy.md).
+    selection: Literal["errors", "entropy"] = "errors"
 
 
 @dataclass

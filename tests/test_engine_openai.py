@@ -594,3 +594,34 @@ async def test_each_attempts_seed_reaches_the_server() -> None:
     finally:
         await engine.close()
     assert sorted(body["seed"] for body in sent) == [100, 101, 102, 103]
+
+
+async def test_a_refusal_reaches_the_attempt_record_the_fallback_and_the_report() -> None:
+    from submission.policy.defaults import default_policy
+    from submission.report import attempts_frame, problems_frame, render_report
+    from submission.solver import Solver
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": [{"id": "m", "owned_by": "local"}]})
+        return httpx.Response(400, json={"detail": "prompt is too long for this model"})
+
+    engine = engine_on(httpx.MockTransport(handle))
+    config = load_config("aimo3", None, ["solver.attempts=3"])
+    await engine.start()
+    try:
+        result = await Solver(engine, None, config, default_policy(config)).solve(  # type: ignore[arg-type]
+            "p1", "What is 6 times 7?", budget_s=30.0
+        )
+    finally:
+        await engine.close()
+    assert result.used_fallback
+    assert all("HTTP 400" in (a.error_message or "") for a in result.attempts)
+    assert "3 of 3 attempts ended in an engine error: openai: HTTP 400" in result.stop_reason
+    from submission.records import ProblemSummary
+
+    summary = ProblemSummary("p1", 0, 1.0, 30.0, 3, 0, 0, 0, result.stop_reason)
+    report = render_report(attempts_frame([result]), problems_frame([summary]))
+    assert "| attempts ended by an engine error | 3 |" in report
+    assert "prompt is too long for this model" in report
+    assert '| openai: HTTP 400: {"detail":"prompt is too long for this model"} | 3 |' in report
