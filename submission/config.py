@@ -370,6 +370,43 @@ class OpenaiEngineConfig:
 
 
 @dataclass
+class ModelServerConfig:
+    """A model server the openai engine starts as a subprocess (submission/model_server.py)."""
+
+    # "none" = a server someone else runs (engine.openai.base_urls); else the one to start:
+    # vllm (`python -m vllm.entrypoints.openai.api_server`), sglang (`-m sglang.launch_server`)
+    # or transformers (`transformers serve`, the CPU stand-in the tests launch).
+    kind: Literal["none", "vllm", "sglang", "transformers"] = "none"
+    model: str = ""  # the weights folder (a /kaggle/input/... path moves with the tree)
+    served_model_name: str = ""  # "" = the server's default (the model path)
+    host: str = "127.0.0.1"
+    port: Annotated[int, Range(ge=1, le=65535)] = 8000
+    # Extra flags after ours; each is checked against the server's own parser's flag list
+    # (submission/data/server_flags/<kind>.json) before anything starts.
+    args: tuple[str, ...] = ()
+    # Fraction of the GPU the server may take. The notebooks that served gpt-oss-120b on one
+    # H100 used 0.94-0.96 ("any higher may not have enough for graph capture").
+    gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.94
+    # Sequences decoded at once; 0 = the policy's attempts per problem (solver.attempts).
+    max_num_seqs: Annotated[int, Range(ge=0)] = 0
+    # Seconds to wait for health (GET /health, then /v1/models); the notebooks waited 15 min.
+    startup_timeout_s: Annotated[float, Range(gt=0)] = 900.0
+    health_poll_s: Annotated[float, Range(gt=0)] = 1.0
+    # Restarts after the server dies (at start or while serving).
+    restarts: Annotated[int, Range(ge=0)] = 1
+    # Read the weights once into the page cache before the server starts (the notebooks did).
+    preread_weights: bool = True
+    # Extra environment for the server, NAME=VALUE (TIKTOKEN_ENCODINGS_BASE is passed on
+    # from ours).
+    env: Annotated[tuple[str, ...], Pattern(r"[A-Za-z_][A-Za-z0-9_]*=.*", "NAME=VALUE")] = ()
+    # After SIGTERM to the server's process group, seconds before SIGKILL.
+    stop_grace_s: Annotated[float, Range(ge=0)] = 10.0
+    # What runs instead of the kind's module: a .py file (the tests' stand-in server); it
+    # gets the same flags. "" = the kind's own entry point.
+    entrypoint: str = ""
+
+
+@dataclass
 class EngineConfig:
     kind: Literal["replay", "sim", "trtllm", "hf", "openai"] = "replay"
     replay: ReplayEngineConfig = field(default_factory=ReplayEngineConfig)
@@ -377,6 +414,8 @@ class EngineConfig:
     trtllm: TrtllmEngineConfig = field(default_factory=TrtllmEngineConfig)
     hf: HfEngineConfig = field(default_factory=HfEngineConfig)
     openai: OpenaiEngineConfig = field(default_factory=OpenaiEngineConfig)
+    # The model server the openai engine starts (kind "none": it starts none).
+    server: ModelServerConfig = field(default_factory=ModelServerConfig)
 
 
 @dataclass

@@ -47,6 +47,7 @@ from submission.engines.openai_dialects import (
     fields_named,
 )
 from submission.engines.streamtext import StopMatcher
+from submission.model_server import ModelServer, ModelServerError, server_for
 
 log = logging.getLogger(__name__)
 
@@ -84,12 +85,17 @@ class OpenaiEngine:
     name = "openai"
     greedy = False
 
-    def __init__(self, config: OpenaiEngineConfig, transport: Any = None) -> None:
-        """`transport`: an `httpx.AsyncBaseTransport` to use instead of the network (tests)."""
-        if not config.base_urls:
+    def __init__(
+        self, config: OpenaiEngineConfig, transport: Any = None, server: ModelServer | None = None
+    ) -> None:
+        """`transport`: an `httpx.AsyncBaseTransport` to use instead of the network (tests).
+        `server`: the model server this engine starts and stops (it is then the only one)."""
+        if not config.base_urls and server is None:
             raise EngineError("openai: set engine.openai.base_urls")
         self.config = config
-        self.base_urls = tuple(url.rstrip("/") for url in config.base_urls)
+        self.server = server
+        urls = (server.base_url,) if server is not None else config.base_urls
+        self.base_urls = tuple(url.rstrip("/") for url in urls)
         self.model = config.model
         self.in_flight = dict.fromkeys(self.base_urls, 0)
         self.requests_sent = dict.fromkeys(self.base_urls, 0)
@@ -106,7 +112,11 @@ class OpenaiEngine:
 
     @classmethod
     def from_config(cls, config: Config) -> OpenaiEngine:
-        return cls(config.engine.openai)
+        try:
+            server = server_for(config)
+        except ModelServerError as exc:
+            raise EngineError(str(exc)) from None
+        return cls(config.engine.openai, server=server)
 
     @property
     def token_prompts(self) -> bool:
@@ -118,6 +128,11 @@ class OpenaiEngine:
             return
         import httpx
 
+        if self.server is not None:
+            try:
+                await self.server.start()
+            except ModelServerError as exc:
+                raise EngineError(f"openai: {exc}") from None
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(
                 self.config.request_timeout_s, connect=self.config.connect_timeout_s
@@ -444,6 +459,8 @@ class OpenaiEngine:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+        if self.server is not None:
+            await self.server.stop()
 
 
 def _event(line: str) -> Any:
