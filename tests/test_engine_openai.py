@@ -580,7 +580,7 @@ async def test_each_attempts_seed_reaches_the_server() -> None:
     config = load_config(
         "aimo3",
         None,
-        ["solver.attempts=4", "generation.base_seed=100", "prompt.code_tags=tora"],
+        ["solver.attempts=4", "generation.base_seed=100", "prompt.family=tora"],
     )
 
     class NoSandbox:

@@ -78,9 +78,9 @@ def test_the_attempt_record_keeps_the_mean_over_every_reported_token() -> None:
 
 async def test_the_tir_loop_folds_the_engines_entropies_into_the_record() -> None:
     from submission.answer import AnswerRange
-    from submission.config import TirConfig
+    from submission.config import TirConfig, load_config
     from submission.engines.base import Chunk, SamplingParams
-    from submission.prompt import CODE_TAGS
+    from submission.families.registry import create_family
     from submission.tir import TirLoop
 
     class Engine:
@@ -91,7 +91,8 @@ async def test_the_tir_loop_folds_the_engines_entropies_into_the_record() -> Non
             yield Chunk("\\boxed{42}", 3, token_entropies=(0.2, 0.2, 0.2))
             yield Chunk("", 0, "stop", stop="<|im_end|>")
 
-    loop = TirLoop(Engine(), None, CODE_TAGS["tora"], TirConfig(), AnswerRange(0, 99_999))  # type: ignore[arg-type]
+    family = create_family(load_config("aimo3", None, ["prompt.family=tora"]))
+    loop = TirLoop(Engine(), None, family, TirConfig(), AnswerRange(0, 99_999))  # type: ignore[arg-type]
     record = AttemptRecord("p", 0)
     await loop.run_attempt(record, "prompt", SamplingParams(max_tokens=100), "s")
     assert record.answer == 42

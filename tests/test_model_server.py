@@ -63,7 +63,7 @@ def standin_config(tmp_path: Path, *sets: str, attempts: int = 4):
             "engine.server.stop_grace_s=5",
             "engine.openai.retry_backoff_s=0.2",
             "engine.openai.max_retries=8",
-            "prompt.code_tags=tora",
+            "prompt.family=tora",
             f"solver.attempts={attempts}",
             *sets,
         ],
@@ -88,9 +88,9 @@ def env_for_standin(monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
 
 
 def prompt_for(config) -> str:
-    from submission.prompt import PromptTemplate
+    from submission.families.registry import create_family
 
-    return PromptTemplate.from_config(config.prompt).render(QUESTION)
+    return str(create_family(config).render(QUESTION))
 
 
 # -- the command line: checked against vLLM's own flags before anything starts ------------
@@ -348,7 +348,7 @@ def test_replay_through_transformers_serve_runs_the_tir_loop_with_no_http_error(
         *transformers_sets(tiny_model),
         "generation.max_tokens=48",
         "solver.attempts=2",
-        "prompt.code_tags=tora",
+        "prompt.family=tora",
     ]
     argv = [sys.executable, "-m", "submission", "replay", "--limit", "2", "--out", str(out)]
     for item in sets:

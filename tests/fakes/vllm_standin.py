@@ -64,7 +64,7 @@ def log(line: str) -> None:
 async def serve(args: argparse.Namespace) -> None:
     model = args.model or args.model_tag
     name = args.served_model_name or model
-    config = load_config("aimo3", None, ["prompt.code_tags=tora"])
+    config = load_config("aimo3", None, ["prompt.family=tora"])
     server = CompletionsServer(ReplayEngine.from_config(config), model_name=name, healthy=False)
     requests_log = os.environ.get("AIMO_STANDIN_REQUESTS")
     crash_after = int(os.environ.get("AIMO_STANDIN_CRASH_AFTER", "0"))
