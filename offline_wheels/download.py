@@ -1,12 +1,13 @@
 """Build the offline wheelhouse: a Kaggle dataset folder the kernel installs with no index.
 
     python offline_wheels/download.py --out DIR [--python-version 3.12] [--with-trtllm]
-        [--dataset-id OWNER/SLUG] [--title TITLE]
+        [--with-vllm] [--dataset-id OWNER/SLUG] [--title TITLE]
 
 DIR gets:
   wheels/*.whl           binary wheels for the Kaggle image (pip download --only-binary=:all:
                          --python-version X --platform manylinux...), and our own wheel
-  requirements.txt       what the kernel installs: our package (and TensorRT-LLM), pinned
+  requirements.txt       what the kernel installs: our package (and TensorRT-LLM or vLLM),
+                         pinned
   install.sh             the same install from a shell
   dataset-metadata.json  for `kaggle datasets create -p DIR`
 Run it again to refresh: pip skips wheels already in DIR/wheels.
@@ -110,12 +111,16 @@ def build_own_wheel(wheels: Path) -> Path:
     return built[0]
 
 
-def write_dataset_folder(out: Path, with_trtllm: bool, dataset_id: str, title: str) -> None:
+def write_dataset_folder(
+    out: Path, with_trtllm: bool, dataset_id: str, title: str, with_vllm: bool = False
+) -> None:
     name, version = project_version()
     lines = [f"{name}=={version}"]
-    if with_trtllm:
-        pins = (HERE / "requirements-trtllm.txt").read_text(encoding="utf-8").splitlines()
-        lines += [p for p in pins if p.strip() and not p.startswith(("#", "-"))]
+    extras = [("requirements-trtllm.txt", with_trtllm), ("requirements-vllm.txt", with_vllm)]
+    for requirements, wanted in extras:
+        if wanted:
+            pins = (HERE / requirements).read_text(encoding="utf-8").splitlines()
+            lines += [p for p in pins if p.strip() and not p.startswith(("#", "-"))]
     (out / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.copy2(HERE / "install.sh", out / "install.sh")
     metadata = {"title": title, "id": dataset_id, "licenses": [{"name": "other"}]}
@@ -150,6 +155,7 @@ def build_wheelhouse(
     with_trtllm: bool = False,
     dataset_id: str = "your-kaggle-username/aimo-offline-wheels",
     title: str = "AIMO submission offline wheels",
+    with_vllm: bool = False,
 ) -> Path:
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -167,8 +173,13 @@ def build_wheelhouse(
             ),
             check=True,
         )
+    if with_vllm:
+        subprocess.run(
+            download_command(HERE / "requirements-vllm.txt", wheels, python_version, platforms),
+            check=True,
+        )
     build_own_wheel(wheels)
-    write_dataset_folder(out, with_trtllm, dataset_id, title)
+    write_dataset_folder(out, with_trtllm, dataset_id, title, with_vllm)
     LOG.info("wheelhouse ready: %d wheels in %s", len(list(wheels.glob("*.whl"))), wheels)
     return out
 
@@ -185,6 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--with-trtllm", action="store_true", help="add TensorRT-LLM (NVIDIA index)"
     )
+    parser.add_argument(
+        "--with-vllm",
+        action="store_true",
+        help="add vLLM (requirements-vllm.txt) for engine.server.kind = vllm",
+    )
     parser.add_argument("--dataset-id", default="your-kaggle-username/aimo-offline-wheels")
     parser.add_argument("--title", default="AIMO submission offline wheels")
     args = parser.parse_args(argv)
@@ -200,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             args.with_trtllm,
             args.dataset_id,
             args.title,
+            args.with_vllm,
         )
     except (subprocess.CalledProcessError, RuntimeError) as exc:
         LOG.error("%s", exc)
