@@ -12,7 +12,11 @@ No vLLM wheel or GPU here, so the launcher's tests run this instead
 - a second process in its process group, as vLLM V1's engine-core process.
 
 Its generations are recorded text: the replay engine's ToRA transcripts
-(submission/data) for text prompts. Its logprobs are made up
+(submission/data) for text prompts, and for token-id prompts (the harmony
+family) the same transcripts as gpt-oss would write them
+(tests/harmony_streams.py: analysis prose, a python tool call per code block,
+the boxed closing on the final channel), the recording picked by the seed.
+Its logprobs are made up
 (`synthetic_top_logprobs`). What it does on purpose, set by environment:
 - AIMO_STANDIN_START_S: seconds of "loading" before /health answers 200;
 - AIMO_STANDIN_NEVER_READY=1: /health never answers 200 (a start timeout);
@@ -32,12 +36,15 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # run as a file: the repository's tests and submission
 
-from submission.config import load_config  # noqa: E402
+from submission.config import PACKAGE_DATA, load_config  # noqa: E402
+from submission.engines.base import Chunk, Prompt, SamplingParams  # noqa: E402
 from submission.engines.replay import ReplayEngine  # noqa: E402
 from submission.model_server import ServerFlags  # noqa: E402
 from tests.fakes.completions_server import CompletionsServer  # noqa: E402
@@ -57,6 +64,37 @@ def vllm_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class RecordedEngine:
+    """Text prompts: the replay engine. Token-id prompts: a recorded generation's gpt-oss
+    rounds (built on first use: it needs openai-harmony and its vocabulary)."""
+
+    name, greedy, token_prompts = "standin", False, True
+    recordings = 8  # the embedded ToRA generations token prompts are served from
+
+    def __init__(self, text_engine: ReplayEngine) -> None:
+        self.text_engine = text_engine
+        self._harmony: tuple[Any, list[Any]] | None = None
+
+    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:
+        if isinstance(prompt, str):
+            return self.text_engine.stream(prompt, params)
+        from tests.harmony_streams import ScriptedHarmonyEngine
+
+        family, scripts = self._harmony_scripts()
+        script = scripts[(params.seed or 0) % len(scripts)]
+        return ScriptedHarmonyEngine(script, family).stream(prompt, params)
+
+    def _harmony_scripts(self) -> tuple[Any, list[Any]]:
+        if self._harmony is None:
+            from tests.harmony_streams import harmony_family, script_from_tora
+
+            family = harmony_family()
+            lines = (PACKAGE_DATA / "tora70b_gsm8k_first250.jsonl").read_text().splitlines()
+            generations = [json.loads(line)["code"][0] for line in lines[: self.recordings]]
+            self._harmony = family, [script_from_tora(family, g) for g in generations]
+        return self._harmony
+
+
 def log(line: str) -> None:
     print(line, flush=True)
 
@@ -65,7 +103,8 @@ async def serve(args: argparse.Namespace) -> None:
     model = args.model or args.model_tag
     name = args.served_model_name or model
     config = load_config("aimo3", None, ["prompt.family=tora"])
-    server = CompletionsServer(ReplayEngine.from_config(config), model_name=name, healthy=False)
+    engine = RecordedEngine(ReplayEngine.from_config(config))
+    server = CompletionsServer(engine, model_name=name, healthy=False)
     requests_log = os.environ.get("AIMO_STANDIN_REQUESTS")
     crash_after = int(os.environ.get("AIMO_STANDIN_CRASH_AFTER", "0"))
     crash_marker = os.environ.get("AIMO_STANDIN_CRASH_MARKER", "")
