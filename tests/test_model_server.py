@@ -365,3 +365,23 @@ def test_replay_through_transformers_serve_runs_the_tir_loop_with_no_http_error(
     report = (out / "report.md").read_text()
     assert "| attempts ended by an engine error | 0 |" in report
     assert "HTTP 4" not in done.stderr
+
+
+def test_the_preflight_checks_the_servers_package_weights_and_port(tmp_path):
+    from submission.preflight import check_model_server
+
+    config = standin_config(tmp_path)
+    found = {c.name: c for c in check_model_server(config)}
+    assert found["model server"].status == "ok"  # the stand-in file
+    assert found["server model"].status == "fail"  # no config.json: not attached
+    assert found["server port"].status == "ok"
+    (tmp_path / "model" / "config.json").write_text("{}")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", config.engine.server.port))
+        busy.listen()
+        found = {c.name: c for c in check_model_server(config)}
+    assert found["server model"].status == "ok"
+    assert found["server port"].status == "fail"
+    vllm = load_config("aimo3", None, ["engine.kind=openai", "engine.server.kind=vllm"])
+    package = next(c for c in check_model_server(vllm) if c.name == "vllm")
+    assert package.status == "fail" and package.detail == "not installed"  # none here
