@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "build": ("submission.commands.build", "engine build pipeline (build/pipeline.toml)"),
     "smoke": ("submission.commands.smoke", "first run on a GPU box: load the engine, verdicts"),
+    "vocab": (
+        "submission.commands.vocab",
+        "fetch or rebuild the harmony family's vocabulary (o200k_base.tiktoken), checked",
+    ),
     "rehearse": (
         "submission.commands.rehearse",
         "run the kernel as Kaggle does (interactive and rerun) in a Kaggle-shaped temp tree",
