@@ -1,8 +1,7 @@
 """The gpt-oss profile (submission/aimo3-gpt-oss.toml): its server, its metadata, a run.
 
-The harmony family comes from the fam branch (issue 19, part A): until it is merged
-these tests skip, saying so; with it they run on every clone (the vocabulary is
-built by the README's set-up, `python -m submission vocab`).
+The harmony family's vocabulary is built by the README's set-up (`python -m submission
+vocab`), so these run on every clone.
 """
 
 from __future__ import annotations
@@ -11,15 +10,11 @@ import asyncio
 import json
 from pathlib import Path
 
-import pytest
-
 from submission.commands.kaggle_metadata import check_metadata, metadata_from_config
 from submission.config import load_config
 from submission.engines.openai import OpenaiEngine
 from submission.model_server import ModelServer
 from tests.test_model_server import QUESTION, STANDIN, free_port, group_members
-
-pytest.importorskip("submission.families.harmony", reason="the harmony family (fam) is not in")
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "submission" / "aimo3-gpt-oss.toml"

@@ -244,6 +244,7 @@ def test_sigterm_and_a_plain_exit_stop_the_whole_process_group(tmp_path):
         threading.Thread(target=loop.run_forever, daemon=True).start()
         asyncio.run_coroutine_threadsafe(server.start(), loop).result()
         print(server.process.pid, flush=True)
+        sys.stdin.readline()  # the test has seen the group
         if sys.argv[1] == "exit":
             sys.exit(0)  # no stop(): the atexit hook must do it
         import time
@@ -252,10 +253,16 @@ def test_sigterm_and_a_plain_exit_stop_the_whole_process_group(tmp_path):
     )
     for how in ("exit", "sigterm"):
         child = subprocess.Popen(
-            [sys.executable, "-c", script, how], stdout=subprocess.PIPE, text=True, cwd=ROOT
+            [sys.executable, "-c", script, how],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
         )
         pgid = int(child.stdout.readline())
-        assert group_members(pgid)
+        assert len(group_members(pgid)) == 2  # the server and its engine-core stand-in
+        child.stdin.write("go\n")
+        child.stdin.flush()
         if how == "sigterm":
             child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) == (0 if how == "exit" else 128 + signal.SIGTERM)
