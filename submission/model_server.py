@@ -286,12 +286,28 @@ class ModelServer:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(process.wait(), self.config.stop_grace_s)
         await self._drain()
+        # SIGKILL is delivered asynchronously: wait (bounded) until the group has no member.
+        deadline = time.monotonic() + self.config.stop_grace_s
+        while _group_alive(process.pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
         log.info("server: stopped (code %s)", process.returncode)
 
     def kill(self) -> None:
         """SIGKILL the server's whole process group (at exit, and after a stop's grace)."""
         if self.process is not None:
             _signal_group(self.process.pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a live process is left in the group (zombies don't count: a container's
+    init may never reap the ones it inherits)."""
+    import psutil
+
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(ProcessLookupError, psutil.Error):
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
 def _signal_group(pid: int, signum: int) -> None:

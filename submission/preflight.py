@@ -100,8 +100,8 @@ def check_model_server(config: Config) -> Iterator[Check]:
         return
     if server.entrypoint:
         found = Path(server.entrypoint).is_file()
-        yield Check("model server", "ok" if found else "fail", f"entry point {server.entrypoint}"
-                    + ("" if found else " not found"))  # fmt: skip
+        detail = f"entry point {server.entrypoint}" + ("" if found else " not found")
+        yield Check("model server", "ok" if found else "fail", detail)
     else:
         yield _package(server.kind)  # vllm, sglang, transformers: the module is the kind
     model = Path(server.model)

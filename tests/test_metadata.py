@@ -226,8 +226,8 @@ def test_a_kaggle_models_handle_is_a_model_source_the_server_config_needs() -> N
     handle = "openai/gpt-oss-120b/transformers/default/1"
     assert check_metadata(good() | {"model_sources": [handle]}, REPO, config) == []
     errors = check_metadata(good(), REPO, config)
-    assert any("model_sources must include OWNER/gpt-oss-120b/transformers/default/1" in e
-               for e in errors)  # fmt: skip
+    wanted = "model_sources must include OWNER/gpt-oss-120b/transformers/default/1"
+    assert any(wanted in e for e in errors)
     written = metadata_from_config(config, good(), models=(handle,))
     assert written["model_sources"] == [handle]
     assert check_metadata(written, REPO, config) == []

@@ -334,8 +334,8 @@ async def test_transformers_serve_launched_for_real_streams_completions(tiny_mod
         assert first[-1].finish_reason == "length" and first[-1].error is None
         assert sum(c.tokens for c in first) == 12  # the server's usage, sent after the finish
         stop = text_of(first)[4:8]
-        cut = await collect(engine, prompt, SamplingParams(max_tokens=12, temperature=0.0,
-                                                           stop=(stop,)))  # fmt: skip
+        stopped = SamplingParams(max_tokens=12, temperature=0.0, stop=(stop,))
+        cut = await collect(engine, prompt, stopped)
         assert (cut[-1].finish_reason, cut[-1].stop) == ("stop", stop)
         assert text_of(cut) == text_of(first)[: text_of(first).index(stop)]
     finally:

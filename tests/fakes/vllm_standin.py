@@ -120,8 +120,10 @@ async def serve(args: argparse.Namespace) -> None:
 
     server.after_request = after_request
     listener = await asyncio.start_server(server._serve, args.host or "0.0.0.0", args.port)
-    log(f"INFO stand-in vLLM 0.11.2: model {model}, max_num_seqs {args.max_num_seqs}, "
-        f"gpu_memory_utilization {args.gpu_memory_utilization}")  # fmt: skip
+    sizing = (
+        f"max_num_seqs {args.max_num_seqs}, gpu_memory_utilization {args.gpu_memory_utilization}"
+    )
+    log(f"INFO stand-in vLLM 0.11.2: model {model}, {sizing}")
     await asyncio.sleep(float(os.environ.get("AIMO_STANDIN_START_S", "0")))
     crash_at_start = os.environ.get("AIMO_STANDIN_CRASH_AT_START")
     if crash_at_start and not Path(crash_at_start).exists():
