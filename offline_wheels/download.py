@@ -1,13 +1,13 @@
 """Build the offline wheelhouse: a Kaggle dataset folder the kernel installs with no index.
 
     python offline_wheels/download.py --out DIR [--python-version 3.12] [--with-trtllm]
-        [--with-harmony] [--dataset-id OWNER/SLUG] [--title TITLE]
+        [--with-harmony] [--with-vllm] [--dataset-id OWNER/SLUG] [--title TITLE]
 
 DIR gets:
   wheels/*.whl           binary wheels for the Kaggle image (pip download --only-binary=:all:
                          --python-version X --platform manylinux...), and our own wheel
   requirements.txt       what the kernel installs: our package (and TensorRT-LLM,
-                         openai-harmony), pinned
+                         openai-harmony, vLLM), pinned
   tiktoken_encodings/    with --with-harmony: o200k_base.tiktoken, the harmony family's
                          vocabulary (official URL, else rebuilt from gpt-oss's tokenizer;
                          hash-checked: `python -m submission vocab`)
@@ -123,7 +123,12 @@ def pins(requirements: str) -> list[str]:
 
 
 def write_dataset_folder(
-    out: Path, with_trtllm: bool, dataset_id: str, title: str, with_harmony: bool = False
+    out: Path,
+    with_trtllm: bool,
+    dataset_id: str,
+    title: str,
+    with_harmony: bool = False,
+    with_vllm: bool = False,
 ) -> None:
     name, version = project_version()
     lines = [f"{name}=={version}"]
@@ -131,6 +136,8 @@ def write_dataset_folder(
         lines += pins("requirements-trtllm.txt")
     if with_harmony:
         lines += pins("requirements-harmony.txt")
+    if with_vllm:
+        lines += pins("requirements-vllm.txt")
     (out / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.copy2(HERE / "install.sh", out / "install.sh")
     metadata = {"title": title, "id": dataset_id, "licenses": [{"name": "other"}]}
@@ -166,6 +173,7 @@ def build_wheelhouse(
     dataset_id: str = "your-kaggle-username/aimo-offline-wheels",
     title: str = "AIMO submission offline wheels",
     with_harmony: bool = False,
+    with_vllm: bool = False,
 ) -> Path:
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -190,8 +198,13 @@ def build_wheelhouse(
         )
         for line in prepare(out / DATASET_FOLDER, with_tokenizer=False):
             LOG.info("%s", line)
+    if with_vllm:
+        subprocess.run(
+            download_command(HERE / "requirements-vllm.txt", wheels, python_version, platforms),
+            check=True,
+        )
     build_own_wheel(wheels)
-    write_dataset_folder(out, with_trtllm, dataset_id, title, with_harmony)
+    write_dataset_folder(out, with_trtllm, dataset_id, title, with_harmony, with_vllm)
     LOG.info("wheelhouse ready: %d wheels in %s", len(list(wheels.glob("*.whl"))), wheels)
     return out
 
@@ -213,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="add openai-harmony and its vocabulary (the harmony family, gpt-oss)",
     )
+    parser.add_argument(
+        "--with-vllm",
+        action="store_true",
+        help="add vLLM (requirements-vllm.txt) for engine.server.kind = vllm",
+    )
     parser.add_argument("--dataset-id", default="your-kaggle-username/aimo-offline-wheels")
     parser.add_argument("--title", default="AIMO submission offline wheels")
     args = parser.parse_args(argv)
@@ -229,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset_id,
             args.title,
             args.with_harmony,
+            args.with_vllm,
         )
     except (subprocess.CalledProcessError, RuntimeError, VocabularyError, OSError) as exc:
         LOG.error("%s", exc)

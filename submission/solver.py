@@ -156,7 +156,7 @@ class Solver:
         answer = self.policy.selection.select(voters)
         seconds = loop.time() - started
         if answer is None:
-            return self.fallback(problem_id, records, seconds, budget_s, "no attempt answered")
+            return self.fallback(problem_id, records, seconds, budget_s, _no_answer(records))
         top_votes = sum(1 for v in voters if v.answer == answer)
         log.info(
             "%s: answer %d (%d/%d votes, %s, %.1fs of %.1fs)",
@@ -245,4 +245,15 @@ def _as_finished(record: AttemptRecord) -> FinishedAttempt:
         code_calls=record.code_calls,
         errors=record.errors,
         entropy=record.entropy,
+    )
+
+
+def _no_answer(records: list[AttemptRecord]) -> str:
+    """Why no attempt answered, naming the engine's error when attempts ended in one."""
+    errors = [r.error_message for r in records if r.finish_reason == "error" and r.error_message]
+    if not errors:
+        return "no attempt answered"
+    return (
+        f"no attempt answered ({len(errors)} of {len(records)} attempts ended in an engine "
+        f"error: {errors[0]})"
     )

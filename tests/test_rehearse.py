@@ -100,6 +100,9 @@ def test_the_tree_is_kaggle_shaped(tmp_path: Path) -> None:
     (wheelhouse / "wheels").mkdir(parents=True)
     (wheelhouse / "wheels" / "polars-2.1.0-py3-none-any.whl").write_bytes(b"")
     (wheelhouse / "requirements.txt").write_text("aimo-submission==0.1.0\n")
+    # download.py --with-harmony puts the vocabulary folder beside the wheels.
+    (wheelhouse / "tiktoken_encodings").mkdir()
+    (wheelhouse / "tiktoken_encodings" / "o200k_base.tiktoken").write_text("vocabulary\n")
     evaluation = tmp_path / "real" / "kaggle_evaluation"
     evaluation.mkdir(parents=True)
     (evaluation / "__init__.py").write_text("")
@@ -112,6 +115,7 @@ def test_the_tree_is_kaggle_shaped(tmp_path: Path) -> None:
     wheels = tree.kaggle / "input" / WHEELS_DATASET
     assert (wheels / "requirements.txt").is_file()
     assert (wheels / "wheels" / "polars-2.1.0-py3-none-any.whl").is_symlink()
+    assert (wheels / "tiktoken_encodings" / "o200k_base.tiktoken").read_text() == "vocabulary\n"
     assert tree.code_file.read_text() == (REPO / "submission" / "kernel.py").read_text()
     assert tree.test_rows == 10
 

@@ -78,7 +78,9 @@ def lay_out_wheels(dataset: Path, wheelhouse: Path, rebuild: bool) -> None:
     shutil.rmtree(dataset, ignore_errors=True)
     (dataset / "wheels").mkdir(parents=True)
     for item in wheelhouse.iterdir():
-        if item.name != "wheels":
+        if item.is_dir() and item.name != "wheels":  # e.g. tiktoken_encodings/
+            shutil.copytree(item, dataset / item.name)
+        elif item.name != "wheels":
             shutil.copy2(item, dataset / item.name)
     for wheel in (wheelhouse / "wheels").glob("*.whl"):
         if not (rebuild and wheel.name.startswith(OWN_WHEEL_PREFIX)):
