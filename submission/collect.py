@@ -197,8 +197,6 @@ def attempt_row(
     record: AttemptRecord, watch: AttemptWatch, problem: ProblemRow, started_at: float, chunk: str
 ) -> dict[str, Any]:
     """The committed row: the run's attempt columns, the collector's, the text compressed."""
-    if record.entropy is None:
-        record.entropy = watch.entropy
     if problem.answer is not None:
         record.is_correct = record.answer == problem.answer
     row = record.row()

@@ -479,9 +479,6 @@ class CollectConfig:
     # Wall cap per attempt (s); the token cap is generation.max_tokens. An attempt past
     # it ends with finish reason "timeout" and no answer, like the public logs' cut-off.
     attempt_timeout_s: Annotated[float, Range(gt=0)] = 3600.0
-    # Top log-probabilities asked per token, for each attempt's mean entropy (0 = none;
-    # only engines that report them give an entropy).
-    top_logprobs: Annotated[int, Range(ge=0)] = 0
     # fsync every committed row: a row survives the machine's crash, not only the
     # process's (0.3 ms per row on the development box's disk, docs/own-model.md).
     fsync: bool = True

@@ -250,7 +250,7 @@ def test_collect_with_the_hf_engine_on_a_tiny_model(tmp_path: Path, hf_tiny: Pat
         "--set",
         "collect.concurrency=6",
         "--set",
-        "collect.top_logprobs=5",  # the hf engine reports each token's entropy over them
+        "generation.top_logprobs=5",  # the hf engine reports each token's entropy over them
     ]
     assert main(argv) == 0
     attempts = pl.read_parquet(out / "attempts.parquet")

@@ -93,7 +93,7 @@ async def measure(config: Config, streams: int, reps: int) -> dict[str, Any]:
     collector: list[dict[str, float]] = []
     try:
         await engine.start()
-        tapped = TappedEngine(engine, config.collect.top_logprobs)
+        tapped = TappedEngine(engine)
         solver = Solver(tapped, sandbox, config, default_policy(config), family)
         await asyncio.to_thread(solver.check_ready)
         prompt = solver.render(problem.problem)

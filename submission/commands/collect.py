@@ -184,7 +184,7 @@ async def _run(
 
     family = create_family(config)
     sandbox = Sandbox.from_config(config, family.session_prelude)  # before CUDA
-    engine = TappedEngine(create_engine(config), config.collect.top_logprobs)
+    engine = TappedEngine(create_engine(config))
     try:
         began = time.monotonic()
         await engine.start()

@@ -1,4 +1,4 @@
-"""An engine wrapped to watch what it serves, for the collector's timing and entropy columns.
+"""An engine wrapped to watch what it serves, for the collector's timing columns.
 
 `TappedEngine` passes every call through to the engine it wraps and keeps, at
 O(1) per chunk: the streams open now, the area under that count over time
@@ -6,9 +6,8 @@ O(1) per chunk: the streams open now, the area under that count over time
 length), the tokens streamed in all, and per attempt (an `AttemptWatch` the
 caller installs with `watching()` in the attempt's task; async generators run
 in their consumer's context, so every stream of that attempt finds it) the
-seconds its requests were open, the streams in flight meanwhile, and the mean
-per-token entropy where the engine reports `Chunk.token_entropies`. With
-`top_logprobs` set it asks every request for that many log-probabilities.
+seconds its requests were open and the streams in flight meanwhile. (Each
+attempt's entropy is the TIR loop's: `generation.top_logprobs` asks for it.)
 Time is the running event loop's, so virtual-time tests see virtual seconds.
 """
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
@@ -30,18 +28,11 @@ class AttemptWatch:
 
     open_s: float = 0.0  # seconds its requests were open (decoding, queued or prefilling)
     stream_area: float = 0.0  # streams in flight integrated over those seconds
-    entropy_sum: float = 0.0
-    entropy_tokens: int = 0
 
     @property
     def concurrency(self) -> float | None:
         """The mean number of streams in flight while its requests were open."""
         return self.stream_area / self.open_s if self.open_s > 0 else None
-
-    @property
-    def entropy(self) -> float | None:
-        """The mean per-token entropy (nats), where the engine reported any."""
-        return self.entropy_sum / self.entropy_tokens if self.entropy_tokens else None
 
 
 _WATCH: contextvars.ContextVar[AttemptWatch | None] = contextvars.ContextVar(
@@ -62,12 +53,11 @@ def watching(watch: AttemptWatch) -> Iterator[AttemptWatch]:
 class TappedEngine:
     """`engine`, with the streams it serves counted (see the module docstring)."""
 
-    def __init__(self, engine: Engine, top_logprobs: int = 0) -> None:
+    def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.name = engine.name
         self.greedy = engine.greedy
         self.token_prompts = getattr(engine, "token_prompts", False)
-        self.top_logprobs = top_logprobs
         self.active = 0  # streams open now
         self.tokens = 0  # streamed in all
         self._area = 0.0  # streams open, integrated over time up to `_last`
@@ -92,8 +82,6 @@ class TappedEngine:
 
     async def _stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:
         watch = _WATCH.get()
-        if self.top_logprobs > params.top_logprobs:
-            params = dataclasses.replace(params, top_logprobs=self.top_logprobs)
         loop = asyncio.get_running_loop()
         self._advance()
         self.active += 1
@@ -102,9 +90,6 @@ class TappedEngine:
             async with contextlib.aclosing(self.engine.stream(prompt, params)) as chunks:
                 async for chunk in chunks:
                     self.tokens += chunk.tokens
-                    if watch is not None and chunk.token_entropies:
-                        watch.entropy_sum += sum(chunk.token_entropies)
-                        watch.entropy_tokens += len(chunk.token_entropies)
                     yield chunk
         finally:
             area = self._advance()
