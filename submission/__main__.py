@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run problems through the gateway replay (default: embedded GSM8K + replay engine)",
     ),
     "simulate": ("submission.commands.simulate", "replay attempt logs as whole competition runs"),
+    "collect": (
+        "submission.commands.collect",
+        "run a problems CSV through the harness, every attempt to its end: an attempt log",
+    ),
     "bench": ("submission.commands.bench", "benchmarks: sandbox, harness"),
     "fidelity": ("submission.commands.fidelity", "re-run recorded code blocks, compare outputs"),
     "doctor": (
@@ -33,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "build": ("submission.commands.build", "engine build pipeline (build/pipeline.toml)"),
     "smoke": ("submission.commands.smoke", "first run on a GPU box: load the engine, verdicts"),
+    "vocab": (
+        "submission.commands.vocab",
+        "fetch or rebuild the harmony family's vocabulary (o200k_base.tiktoken), checked",
+    ),
     "rehearse": (
         "submission.commands.rehearse",
         "run the kernel as Kaggle does (interactive and rerun) in a Kaggle-shaped temp tree",

@@ -3,9 +3,11 @@
 Each check is reported as ok / warn / fail with a one-line reason: the Python
 version, the runtime packages, the optional engine's package, a GPU, the
 engine folder and its manifest (for `trtllm`), the interpreter and MPI the
-pinned TensorRT-LLM needs, the engine built from the config, the embedded
-default data, and the sandbox (one real call that also imports a module no session
-preloaded, with its guards). `CHECKS` is the
+pinned TensorRT-LLM needs, the engine built from the config, the model server
+the openai engine would start (its package, the weights folder, a free port),
+the model family's own needs (harmony: openai-harmony and its vocabulary's
+hash), the embedded default data, and the sandbox (one real call that also
+imports a module no session preloaded, with its guards). `CHECKS` is the
 list, in order: one function per check, taking the config and yielding its
 findings. `python -m submission doctor` prints them; the kernel runs them all as
 its preflight (submission/kernel.py), so a check added here runs there too.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -90,6 +93,46 @@ def check_engine(config: Config) -> Iterator[Check]:
     yield Check("engine", "ok", f"{config.engine.kind} ({type(engine).__name__}) built")
 
 
+def check_model_server(config: Config) -> Iterator[Check]:
+    """The server engine.server starts: its package (or stand-in file), weights, port."""
+    server = config.engine.server
+    if config.engine.kind != "openai" or server.kind == "none":
+        return
+    if server.entrypoint:
+        found = Path(server.entrypoint).is_file()
+        detail = f"entry point {server.entrypoint}" + ("" if found else " not found")
+        yield Check("model server", "ok" if found else "fail", detail)
+    else:
+        yield _package(server.kind)  # vllm, sglang, transformers: the module is the kind
+    model = Path(server.model)
+    found = (model / "config.json").is_file()
+    detail = f"{model}: " + ("config.json found" if found else "no config.json (attach the model)")
+    yield Check("server model", "ok" if found else "fail", detail)
+    with socket.socket() as sock:
+        try:
+            sock.bind((server.host, server.port))
+            yield Check("server port", "ok", f"{server.host}:{server.port} free")
+        except OSError as exc:
+            yield Check("server port", "fail", f"{server.host}:{server.port}: {exc}")
+
+
+def check_family(config: Config) -> Iterator[Check]:
+    """The harmony family: openai-harmony installed, and its vocabulary file's sha256."""
+    if config.prompt.family != "harmony":
+        return
+    from submission.families.harmony_vocab import (
+        VOCABULARY_FILE,
+        vocabulary_dir,
+        vocabulary_problem,
+    )
+
+    yield _package("openai_harmony")
+    folder = vocabulary_dir(config.prompt.harmony.vocabulary_dir)
+    problem = vocabulary_problem(folder)
+    detail = problem or f"{folder / VOCABULARY_FILE}: sha256 ok"
+    yield Check("harmony vocabulary", "fail" if problem else "ok", detail)
+
+
 def check_embedded_data(config: Config) -> Iterator[Check]:
     files = sorted(p.name for p in PACKAGE_DATA.glob("*.jsonl"))
     yield Check("embedded data", "ok" if files else "fail", ", ".join(files) or "missing")
@@ -102,11 +145,12 @@ LAZY_IMPORT = "sympy.tensor.tensor"
 
 
 def check_sandbox(config: Config) -> Iterator[Check]:
+    from submission.families.registry import create_family
     from submission.sandbox import Sandbox
 
     cell = f"import {LAZY_IMPORT}\nimport sympy\nprint(sympy.factorint(360))"
     try:
-        with Sandbox.from_config(config) as sandbox:
+        with Sandbox.from_config(config, create_family(config).session_prelude) as sandbox:
             result = sandbox.run(cell, "doctor", 30.0)
             guards = "; ".join(f"{name}: {how}" for name, how in sandbox.guards().items())
     except Exception as exc:  # report any failure to start as a failed check, not a crash
@@ -222,6 +266,8 @@ CHECKS: list[Callable[[Config], Iterator[Check]]] = [
     check_engine_dir,
     check_trtllm_runtime,
     check_engine,
+    check_model_server,
+    check_family,
     check_embedded_data,
     check_sandbox,
 ]

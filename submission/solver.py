@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 from submission.answer import AnswerRange
 from submission.config import Config
-from submission.engines.base import Engine, SamplingParams
+from submission.engines.base import Engine, EngineError, Prompt, SamplingParams
+from submission.families.base import ModelFamily
+from submission.families.registry import create_family
 from submission.policy import FinishedAttempt, Policy, ProblemState, RunningAttempt
-from submission.prompt import CODE_TAGS, PromptTemplate
 from submission.records import AttemptRecord
 from submission.tir import CodeRunner, TirLoop
 
@@ -40,18 +41,30 @@ class ProblemResult:
 class Solver:
     """Solves one problem at a time with the engine, the sandbox and the policy it is given."""
 
-    def __init__(self, engine: Engine, sandbox: CodeRunner, config: Config, policy: Policy) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        sandbox: CodeRunner,
+        config: Config,
+        policy: Policy,
+        family: ModelFamily | None = None,
+    ) -> None:
+        """`family` defaults to the one `config.prompt.family` names."""
         self.engine = engine
         self.sandbox = sandbox
         self.config = config
         self.policy = policy
-        self.template = PromptTemplate.from_config(config.prompt)
+        self.family = family or create_family(config)
         self.answer_range = AnswerRange(
             config.profile.answer_min, config.profile.answer_max, config.profile.reduce_modulo
         )
-        self.tir = TirLoop(
-            engine, sandbox, CODE_TAGS[config.prompt.code_tags], config.tir, self.answer_range
-        )
+        self.tir = TirLoop(engine, sandbox, self.family, config.tir, self.answer_range)
+
+    def check_ready(self) -> None:
+        """Load the family and check the engine can serve it; raises the reason (at start)."""
+        self.family.load()
+        if (mismatch := self.tir.engine_mismatch()) is not None:
+            raise EngineError(mismatch)
 
     def attempts_for_engine(self) -> int:
         """K, or 1 when the engine decodes greedily (K identical attempts would be wasted).
@@ -72,23 +85,42 @@ class Solver:
             return f"problem has {len(problem)} characters (limit {limit})"
         return None
 
+    def render(self, problem: str) -> Prompt:
+        """The prompt every attempt at `problem` continues (the family renders it)."""
+        return self.family.render(problem)
+
+    def new_attempt(self, problem_id: str, attempt_num: int) -> AttemptRecord:
+        """Attempt `attempt_num`'s empty record; it samples with seed base_seed + attempt_num."""
+        seed = self.config.generation.base_seed + attempt_num
+        return AttemptRecord(problem_id, attempt_num=attempt_num, seed=seed)
+
+    async def run_attempt(self, record: AttemptRecord, prompt: Prompt) -> None:
+        """One attempt at a rendered prompt, to its own end or until cancelled.
+
+        The record is final when this returns or is cancelled; the attempt's sandbox
+        session is closed then. `solve` runs K of these; the collector runs them one by one.
+        """
+        params = SamplingParams.from_generation(self.config.generation, record.seed)
+        session = f"{record.problem_id}-a{record.attempt_num}"
+        try:
+            await self.tir.run_attempt(record, prompt, params, session)
+        finally:
+            self._close_session(session)
+
     async def solve(self, problem_id: str, problem: str, budget_s: float) -> ProblemResult:
         loop = asyncio.get_running_loop()
         started = loop.time()
         if (reason := self.problem_error(problem)) is not None:
             return self.fallback(problem_id, [], 0.0, budget_s, reason)
-        prompt = self.template.render(problem)
-        gen = self.config.generation
-        records = [
-            AttemptRecord(problem_id, attempt_num=i, seed=gen.base_seed + i)
-            for i in range(self.attempts_for_engine())
-        ]
+        try:
+            prompt = self.render(problem)
+        except Exception as exc:  # a family that cannot render (e.g. no vocabulary) loses nothing
+            log.exception("%s: the %s family cannot render it", problem_id, self.family.name)
+            return self.fallback(problem_id, [], 0.0, budget_s, f"render failed: {exc}")
+        records = [self.new_attempt(problem_id, i) for i in range(self.attempts_for_engine())]
         tasks: dict[asyncio.Task[None], AttemptRecord] = {}
         for record in records:
-            params = SamplingParams.from_generation(gen, record.seed)
-            session = f"{problem_id}-a{record.attempt_num}"
-            task = asyncio.create_task(self.tir.run_attempt(record, prompt, params, session))
-            tasks[task] = record
+            tasks[asyncio.create_task(self.run_attempt(record, prompt))] = record
         finished: list[AttemptRecord] = []  # in order of finishing (the tie-break uses it)
         stop_reason = "deadline"
         deadline = started + budget_s
@@ -115,8 +147,6 @@ class Solver:
                         task.cancel()
         finally:
             await self._cancel_all(tasks)
-            for record in records:
-                self._close_session(f"{problem_id}-a{record.attempt_num}")
         # Shortest first (then by attempt number): the vote's tie-break then depends on the
         # attempts themselves, never on scheduling jitter, and favours the more direct solution.
         voters = sorted(
@@ -126,7 +156,7 @@ class Solver:
         answer = self.policy.selection.select(voters)
         seconds = loop.time() - started
         if answer is None:
-            return self.fallback(problem_id, records, seconds, budget_s, "no attempt answered")
+            return self.fallback(problem_id, records, seconds, budget_s, _no_answer(records))
         top_votes = sum(1 for v in voters if v.answer == answer)
         log.info(
             "%s: answer %d (%d/%d votes, %s, %.1fs of %.1fs)",
@@ -215,4 +245,15 @@ def _as_finished(record: AttemptRecord) -> FinishedAttempt:
         code_calls=record.code_calls,
         errors=record.errors,
         entropy=record.entropy,
+    )
+
+
+def _no_answer(records: list[AttemptRecord]) -> str:
+    """Why no attempt answered, naming the engine's error when attempts ended in one."""
+    errors = [r.error_message for r in records if r.finish_reason == "error" and r.error_message]
+    if not errors:
+        return "no attempt answered"
+    return (
+        f"no attempt answered ({len(errors)} of {len(records)} attempts ended in an engine "
+        f"error: {errors[0]})"
     )

@@ -86,6 +86,16 @@ def test_requirements_pin_everything_pyproject_needs() -> None:
         assert needed.specifier.contains(version), f"{needed.name}: pin {version} vs {line}"
 
 
+def test_the_harmony_pins_are_the_harmony_extra(tmp_path: Path) -> None:
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert download.pins("requirements-harmony.txt") == extra["optional-dependencies"]["harmony"]
+    download.write_dataset_folder(tmp_path, False, "me/wheels", "wheels", with_harmony=True)
+    lines = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert lines[1:] == ["openai-harmony==0.0.8"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     sys.platform != "linux" or platform.machine() != "x86_64",
@@ -152,3 +162,17 @@ def test_offline_install_into_a_fresh_venv(tmp_path: Path, request: pytest.Fixtu
     submission = pl.read_parquet(work / "out" / "submission.parquet")
     assert submission.height == 3
     assert submission.columns[:2] == ["id", "answer"]
+
+
+def test_with_vllm_the_kernel_installs_the_pinned_vllm(tmp_path: Path) -> None:
+    """The gpt-oss profile's server comes from the wheels dataset: vLLM at the version whose
+    flags the launcher checks against (submission/data/server_flags/vllm.json)."""
+    import json
+
+    from offline_wheels.download import write_dataset_folder
+    from submission.model_server import ServerFlags
+
+    write_dataset_folder(tmp_path, False, "someone/wheels", "wheels", with_vllm=True)
+    pins = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert f"vllm=={ServerFlags.load('vllm').version}" in pins
+    assert json.loads((tmp_path / "dataset-metadata.json").read_text())["id"] == "someone/wheels"

@@ -19,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from submission.commands import rehearse
-from submission.config import load_config
+from submission.config import config_toml, load_config
 from submission.config_fields import read_toml
+from submission.rehearsal.runs import SITECUSTOMIZE
+from submission.rehearsal.tree import WHEELS_DATASET, lay_out
+from submission.rehearsal.verdict import Verdict, read_log
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,13 +41,13 @@ def test_the_rehearsal_config_is_the_config(tmp_path: Path) -> None:
     for profile in ("aimo3", "aimo2"):
         config = load_config(profile, production, overrides)
         path = tmp_path / f"{profile}.toml"
-        path.write_text(rehearse.config_toml(config))
+        path.write_text(config_toml(config))
         read_toml(path)  # valid TOML
         assert load_config(profile, path) == config
 
 
 def test_the_gateway_hook_resolves_inference_server_to_loopback(tmp_path: Path) -> None:
-    (tmp_path / "sitecustomize.py").write_text(rehearse.SITECUSTOMIZE)
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE)
     probe = (
         "import socket, grpc\n"
         "print(socket.gethostbyname('inference_server'))\n"
@@ -85,8 +87,8 @@ def test_the_verdict_is_read_from_the_kernel_log(tmp_path: Path) -> None:
     from datetime import datetime
 
     launched = datetime(2026, 11, 30, 0, 46, 30, 596000).timestamp()
-    verdict = rehearse.Verdict("rerun")
-    rehearse.read_log(verdict, log, launched, (" serve(): ",))
+    verdict = Verdict("rerun")
+    read_log(verdict, log, launched, (" serve(): ",))
     assert verdict.install_s == 60.9
     assert verdict.serve_s == pytest.approx(69.717, abs=1e-3)
     assert verdict.first_answer_s == pytest.approx(75.161, abs=1e-3)  # a fallback answers too
@@ -98,20 +100,22 @@ def test_the_tree_is_kaggle_shaped(tmp_path: Path) -> None:
     (wheelhouse / "wheels").mkdir(parents=True)
     (wheelhouse / "wheels" / "polars-2.1.0-py3-none-any.whl").write_bytes(b"")
     (wheelhouse / "requirements.txt").write_text("aimo-submission==0.1.0\n")
+    # download.py --with-harmony puts the vocabulary folder beside the wheels.
+    (wheelhouse / "tiktoken_encodings").mkdir()
+    (wheelhouse / "tiktoken_encodings" / "o200k_base.tiktoken").write_text("vocabulary\n")
     evaluation = tmp_path / "real" / "kaggle_evaluation"
     evaluation.mkdir(parents=True)
     (evaluation / "__init__.py").write_text("")
     config = load_config("aimo2")
     test_csv = REPO / "submission" / "data" / "aimo2_reference.csv"
-    tree = rehearse.lay_out(
-        tmp_path / "r", config, test_csv, evaluation.parent, wheelhouse, rebuild=False
-    )
+    tree = lay_out(tmp_path / "r", config, test_csv, evaluation.parent, wheelhouse, rebuild=False)
     competition = tree.kaggle / "input" / "ai-mathematical-olympiad-progress-prize-2"
     assert tree.competition == competition and (competition / "test.csv").is_file()
     assert (competition / "kaggle_evaluation" / "__init__.py").is_file()
-    wheels = tree.kaggle / "input" / rehearse.WHEELS_DATASET
+    wheels = tree.kaggle / "input" / WHEELS_DATASET
     assert (wheels / "requirements.txt").is_file()
     assert (wheels / "wheels" / "polars-2.1.0-py3-none-any.whl").is_symlink()
+    assert (wheels / "tiktoken_encodings" / "o200k_base.tiktoken").read_text() == "vocabulary\n"
     assert tree.code_file.read_text() == (REPO / "submission" / "kernel.py").read_text()
     assert tree.test_rows == 10
 

@@ -28,6 +28,7 @@ from typing import Any
 from rich.console import Console
 
 from submission.config import Config, add_config_arguments, config_from_args
+from submission.families.registry import create_family
 from submission.sandbox.sandbox import Sandbox
 
 SNIPPETS: dict[str, list[str]] = {
@@ -54,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     results: dict[str, Any] = {"snippets": {}, "sandbox": {}}
-    with Sandbox.from_config(config) as sandbox:
+    with Sandbox.from_config(config, create_family(config).session_prelude) as sandbox:
         sandbox.run("pass", session="warm-up")
         for name, cells in SNIPPETS.items():
             results["snippets"][name] = {
@@ -194,6 +195,7 @@ def _guards_cost(config: Config, args: argparse.Namespace) -> dict[str, dict[str
     """The same measures with each set of guards (GUARD_SETS), interleaved: every
     measurement takes one sample from each set in turn, so what else loads the machine
     meanwhile weighs on all of them alike."""
+    prelude = create_family(config).session_prelude
     variants = {}
     for label, switched_off in GUARD_SETS.items():
         variants[label] = copy.deepcopy(config)
@@ -201,7 +203,10 @@ def _guards_cost(config: Config, args: argparse.Namespace) -> dict[str, dict[str
             setattr(variants[label].sandbox, name, value)
     rows: dict[str, dict[str, float]] = {label: {} for label in variants}
     with contextlib.ExitStack() as stack:
-        warm = {label: stack.enter_context(Sandbox.from_config(v)) for label, v in variants.items()}
+        warm = {
+            label: stack.enter_context(Sandbox.from_config(variant, prelude))
+            for label, variant in variants.items()
+        }
         for sandbox in warm.values():
             sandbox.run("pass", session="warm-up")
         trivial = SNIPPETS["trivial print"]
@@ -212,7 +217,7 @@ def _guards_cost(config: Config, args: argparse.Namespace) -> dict[str, dict[str
         for label, variant in variants.items():
             cold_config = copy.deepcopy(variant)
             cold_config.sandbox.spare_sessions = 0  # a new session forked on demand
-            cold[label] = stack.enter_context(Sandbox.from_config(cold_config))
+            cold[label] = stack.enter_context(Sandbox.from_config(cold_config, prelude))
             cold[label].run("pass", session="warm-up")
         _interleaved(rows, "new_session_fork_p50_ms", cold, _new_session, args.anchor_reps * 4)
     return rows

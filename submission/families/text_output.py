@@ -1,17 +1,11 @@
-"""What the model is shown of its code's run: one formatting rule set per model family, as data.
+"""What a text family shows the model of its code's run: the rules, as data.
 
 A family's `OutputFormat` turns a sandbox result (stdout, stderr, status) into the
 text inside its output block; the block itself (```output ... ```) is the family's
-`CodeTags.output_block` (prompt.py). A new family is a new `OutputFormat` value,
-never a new branch in the code.
-
-The `openmath` rules reproduce NeMo-Skills' code execution byte for byte, as read
-in the fork the AIMO-2 recipe installs (alessiodevoto/NeMo-Skills, branch
-aimo-inference, commit 27d7b1c3): `nemo_skills/code_execution/sandbox.py`
-(`Sandbox.execute_code`: IPython capture, `.strip()`, the cut, `simplify_errors`,
-"Timed out"), `local_sandbox_server.py` (a dead or timed-out process answers
-"Timed out") and `code_execution/utils.py` (`format_code_output`, "qwen" style:
-stdout then stderr). docs/harness.md lists the rules and the few known gaps.
+`CodeTags.output_block` (text.py). A new text family is a new `OutputFormat` value in
+its own module (openmath.py, tora.py), never a new branch in the code. The rules
+exist to reproduce NeMo-Skills' code execution byte for byte (openmath.py cites the
+source); docs/harness.md lists them and the few known gaps.
 """
 
 from __future__ import annotations
@@ -19,8 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# Statuses of a call whose session process did not finish the cell.
-_DEAD = frozenset({"timeout", "killed", "crashed"})
+from submission.families.base import DEAD_STATUSES
+
 # Where an IPython-Plain traceback starts in stderr (runtime error, SystemExit); a
 # syntax error's report has neither header, so then all of stderr is the report.
 _TRACEBACK_HEADERS = ("Traceback (most recent call last):", "An exception has occurred")
@@ -52,7 +46,7 @@ class OutputFormat:
 
     def render(self, stdout: str, stderr: str, status: str, max_chars: int, marker: str) -> str:
         """The text inside the output block for one call."""
-        if status in _DEAD and self.dead_text:
+        if status in DEAD_STATUSES and self.dead_text:
             return self.dead_text
         if self.traceback_with_stdout and status == "error":
             user_stderr, traceback = _split_traceback(stderr)
@@ -92,26 +86,3 @@ def _line_start_find(text: str, header: str) -> int | None:
 def _simplify_errors(text: str) -> str:
     text = _ANSI.sub("", text)
     return "\n".join(line for line in text.split("\n") if not _CELL_LOCATION.match(line))
-
-
-OUTPUT_FORMATS: dict[str, OutputFormat] = {
-    # NeMo-Skills (fork above): the format OpenMath-Nemotron was trained and evaluated with.
-    "openmath": OutputFormat(
-        strip=True,
-        traceback_with_stdout=True,
-        simplify_errors=True,
-        drop_text="Out[1]: ",
-        dead_text="Timed out\n",
-        session_prelude="import warnings\nwarnings.filterwarnings('ignore')\n",
-    ),
-    # ToRA's executor: the output as printed; the timeout text is the one its recorded
-    # GSM8K transcripts show (submission/data).
-    "tora": OutputFormat(
-        strip=False,
-        traceback_with_stdout=False,
-        simplify_errors=False,
-        drop_text="",
-        dead_text="timeout_decorator.timeout_decorator.TimeoutError: 'Timed Out'\n",
-        session_prelude="",
-    ),
-}
