@@ -24,7 +24,8 @@ if str(REPO_ROOT) not in sys.path:  # run by path from a checkout: find the harn
     sys.path.insert(0, str(REPO_ROOT))
 
 from submission.config import load_config  # noqa: E402
-from submission.prompt import PromptTemplate  # noqa: E402
+from submission.families.registry import create_family  # noqa: E402
+from submission.families.text import PromptTemplate, TextFamily  # noqa: E402
 
 LOG = logging.getLogger("build.calibration")
 
@@ -105,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="aimo3", help="harness profile")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    template = PromptTemplate.from_config(load_config(args.profile, args.harness_config).prompt)
+    family = create_family(load_config(args.profile, args.harness_config))
+    if not isinstance(family, TextFamily):
+        LOG.error("calibration text needs a text model family, not %s", family.name)
+        return 1
+    template = family.template
     try:
         build_calibration(
             args.source,

@@ -101,8 +101,9 @@ class PromptConfig:
         "Solve the following math problem. Make sure to put the answer "
         "(and only answer) inside \\boxed{{}}.\n\n{problem}"
     )
-    # Code tag style: "openmath" (<tool_call>...</tool_call>) or "tora" (```python ... ```).
-    code_tags: Literal["openmath", "tora"] = "openmath"
+    # Model family (submission/families/): "openmath" (<tool_call>...</tool_call>, NeMo-Skills'
+    # output block) or "tora" (```python ... ```output). It also picks the sandbox prelude.
+    family: Literal["openmath", "tora"] = "openmath"
 
 
 @dataclass
@@ -416,6 +417,15 @@ def check_config(config: Config) -> None:
         raise ConfigError("; ".join(problems))
 
 
+# Fields that were renamed: an old name gets an error that names the new one.
+RENAMED_FIELDS: dict[str, str] = {"prompt.code_tags": "prompt.family"}
+
+
+def _refuse_renamed(dotted: str) -> None:
+    if dotted in RENAMED_FIELDS:
+        raise ConfigError(f"config field {dotted!r} was renamed to {RENAMED_FIELDS[dotted]!r}")
+
+
 def load_config(
     profile: str = "aimo3",
     toml_path: str | Path | None = None,
@@ -427,11 +437,16 @@ def load_config(
     config = Config()
     apply_mapping(config.profile, PROFILES[profile], "profile")
     if toml_path is not None:
-        apply_mapping(config, read_toml(toml_path))
+        data = read_toml(toml_path)
+        for section, table in data.items():
+            for key in table if isinstance(table, dict) else ():
+                _refuse_renamed(f"{section}.{key}")
+        apply_mapping(config, data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form section.field=value")
+        _refuse_renamed(key.strip())
         set_field(config, key.strip(), raw.strip())
     check_config(config)
     return config

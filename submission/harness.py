@@ -21,6 +21,8 @@ from pathlib import Path
 from submission.config import Config
 from submission.engines.base import Chunk, Engine, EngineError, SamplingParams
 from submission.engines.registry import create_engine
+from submission.families.base import ModelFamily
+from submission.families.registry import create_family
 from submission.policy import Policy, RunState
 from submission.policy.defaults import default_policy
 from submission.records import ProblemSummary
@@ -47,6 +49,7 @@ class UnbuiltEngine:
     """
 
     greedy = False
+    token_prompts = False
 
     def __init__(self, kind: str, error: Exception) -> None:
         self.name = kind
@@ -75,11 +78,12 @@ class AsyncHarness:
         started_at: float | None = None,
         problems_total: int | None = None,
         on_problem: Callable[[ProblemResult], None] | None = None,
+        family: ModelFamily | None = None,
     ) -> None:
         self.config = config
         self.engine = engine
         self.policy = policy or default_policy(config)
-        self.solver = Solver(engine, sandbox, config, self.policy)
+        self.solver = Solver(engine, sandbox, config, self.policy, family)
         self.started_at = started_at
         self.problems_total = problems_total or config.profile.problems
         self.on_problem = on_problem
@@ -102,6 +106,9 @@ class AsyncHarness:
         began = loop.time()
         try:
             await self.engine.start()
+            # The model family's vocabulary, and whether this engine can serve it: said at
+            # start, so a mismatch is one clear reason, not an error in every attempt.
+            await asyncio.to_thread(self.solver.check_ready)
         except Exception as exc:
             seconds = loop.time() - began
             log.error("engine %s FAILED to load after %.1f s: %s", self.engine.name, seconds, exc)
@@ -235,10 +242,11 @@ class Harness:
         `loop` (default: a new event loop) is run in the harness's thread; the offline
         timing tests pass a virtual-time one.
         """
+        family = create_family(config)
         if sandbox is None:
             from submission.sandbox import Sandbox
 
-            sandbox = Sandbox.from_config(config)
+            sandbox = Sandbox.from_config(config, family.session_prelude)
         if engine is None:
             try:
                 engine = create_engine(config)
@@ -247,7 +255,9 @@ class Harness:
                 engine = UnbuiltEngine(config.engine.kind, exc)
         loop = loop or asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, name="harness-loop", daemon=True).start()
-        core = AsyncHarness(config, engine, sandbox, policy, started_at, problems_total, on_problem)
+        core = AsyncHarness(
+            config, engine, sandbox, policy, started_at, problems_total, on_problem, family
+        )
         return cls(core, loop)
 
     async def _start_engine(self) -> None:

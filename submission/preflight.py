@@ -95,10 +95,11 @@ def check_embedded_data(config: Config) -> Iterator[Check]:
 
 
 def check_sandbox(config: Config) -> Iterator[Check]:
+    from submission.families.registry import create_family
     from submission.sandbox import Sandbox
 
     try:
-        with Sandbox.from_config(config) as sandbox:
+        with Sandbox.from_config(config, create_family(config).session_prelude) as sandbox:
             result = sandbox.run("import sympy\nprint(sympy.factorint(360))", "doctor", 30.0)
             guards = "; ".join(f"{name}: {how}" for name, how in sandbox.guards().items())
     except Exception as exc:  # report any failure to start as a failed check, not a crash

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 from submission.answer import AnswerRange
 from submission.config import Config
-from submission.engines.base import Engine, SamplingParams
+from submission.engines.base import Engine, EngineError, SamplingParams
+from submission.families.base import ModelFamily
+from submission.families.registry import create_family
 from submission.policy import FinishedAttempt, Policy, ProblemState, RunningAttempt
-from submission.prompt import CODE_TAGS, PromptTemplate
 from submission.records import AttemptRecord
 from submission.tir import CodeRunner, TirLoop
 
@@ -40,18 +41,30 @@ class ProblemResult:
 class Solver:
     """Solves one problem at a time with the engine, the sandbox and the policy it is given."""
 
-    def __init__(self, engine: Engine, sandbox: CodeRunner, config: Config, policy: Policy) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        sandbox: CodeRunner,
+        config: Config,
+        policy: Policy,
+        family: ModelFamily | None = None,
+    ) -> None:
+        """`family` defaults to the one `config.prompt.family` names."""
         self.engine = engine
         self.sandbox = sandbox
         self.config = config
         self.policy = policy
-        self.template = PromptTemplate.from_config(config.prompt)
+        self.family = family or create_family(config)
         self.answer_range = AnswerRange(
             config.profile.answer_min, config.profile.answer_max, config.profile.reduce_modulo
         )
-        self.tir = TirLoop(
-            engine, sandbox, CODE_TAGS[config.prompt.code_tags], config.tir, self.answer_range
-        )
+        self.tir = TirLoop(engine, sandbox, self.family, config.tir, self.answer_range)
+
+    def check_ready(self) -> None:
+        """Load the family and check the engine can serve it; raises the reason (at start)."""
+        self.family.load()
+        if (mismatch := self.tir.engine_mismatch()) is not None:
+            raise EngineError(mismatch)
 
     def attempts_for_engine(self) -> int:
         """K, or 1 when the engine decodes greedily (K identical attempts would be wasted).
@@ -77,7 +90,11 @@ class Solver:
         started = loop.time()
         if (reason := self.problem_error(problem)) is not None:
             return self.fallback(problem_id, [], 0.0, budget_s, reason)
-        prompt = self.template.render(problem)
+        try:
+            prompt = self.family.render(problem)
+        except Exception as exc:  # a family that cannot render (e.g. no vocabulary) loses nothing
+            log.exception("%s: the %s family cannot render it", problem_id, self.family.name)
+            return self.fallback(problem_id, [], 0.0, budget_s, f"render failed: {exc}")
         gen = self.config.generation
         records = [
             AttemptRecord(problem_id, attempt_num=i, seed=gen.base_seed + i)

@@ -24,7 +24,7 @@ from typing import Any
 
 from submission.config import PACKAGE_DATA, load_config
 from submission.engines.base import SamplingParams
-from submission.prompt import PromptTemplate
+from submission.families.text import PromptTemplate
 from submission.sandbox import Sandbox
 
 log = logging.getLogger("gpu_engine_hf")

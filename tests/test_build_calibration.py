@@ -16,7 +16,7 @@ import calibration  # noqa: E402
 import pipeline  # noqa: E402
 
 from submission.config import PACKAGE_DATA, PromptConfig  # noqa: E402
-from submission.prompt import PromptTemplate  # noqa: E402
+from submission.families.text import PromptTemplate  # noqa: E402
 
 FACTS = pipeline.Facts("NVIDIA H100 80GB HBM3", (9, 0), "1.0.0", True, 500.0)
 

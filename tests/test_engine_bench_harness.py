@@ -10,19 +10,20 @@ from submission.answer import AnswerRange
 from submission.bench import harness as bench_harness
 from submission.config import load_config
 from submission.engines.base import SamplingParams
-from submission.prompt import CODE_TAGS
+from submission.families.registry import create_family
 from submission.records import AttemptRecord
 from submission.tir import TirLoop
 
 
 def test_scripted_attempts_run_through_the_tir_loop_as_written():
     config = load_config("aimo3", None, [])
-    tags = CODE_TAGS[config.prompt.code_tags]
+    family = create_family(config)
+    tags = family.tags
     transcripts = bench_harness.load_transcripts()
     scripts = [bench_harness.attempt_script(transcripts, 400, 3, tags, offset=i) for i in range(2)]
     engine = bench_harness.FastEngine(scripts)
     runner = bench_harness.InstantRunner(engine)
-    tir = TirLoop(engine, runner, tags, config.tir, AnswerRange(0, 99_999))
+    tir = TirLoop(engine, runner, family, config.tir, AnswerRange(0, 99_999))
     records = [AttemptRecord(problem_id="p", attempt_num=i, seed=i) for i in range(2)]
     params = [SamplingParams(max_tokens=10_000, seed=i, stop=("<|im_end|>",)) for i in range(2)]
 

@@ -361,14 +361,14 @@ async def test_greedy_drafter_detection(
 async def test_a_real_transcript_through_the_tir_loop(tmp_path, tokenizer_dir, monkeypatch):
     """The engine's stops drive the real TIR loop: code runs once, the answer comes back."""
     from submission.answer import AnswerRange
-    from submission.prompt import CODE_TAGS
+    from submission.families.openmath import OpenmathFamily
     from submission.records import AttemptRecord
     from submission.tir import TirLoop
 
     generation = as_openmath(tora_generation(0))
     before, _, after = generation.partition("</tool_call>\n```output\n")
     recorded_output, _, closing = after.partition("```\n")
-    tags = CODE_TAGS["openmath"]
+    tags = OpenmathFamily.tags
 
     def respond(prompt: str) -> str:  # the model's next round, given what it has seen
         return generation if "```output" not in prompt else closing
@@ -387,7 +387,8 @@ async def test_a_real_transcript_through_the_tir_loop(tmp_path, tokenizer_dir, m
     await engine.start()
     config = load_config("aimo3", None, [])
     runner = Runner()
-    tir = TirLoop(engine, runner, tags, config.tir, AnswerRange(0, 99_999))
+    family = OpenmathFamily.from_config(config)
+    tir = TirLoop(engine, runner, family, config.tir, AnswerRange(0, 99_999))
     record = AttemptRecord(problem_id="gsm8k-0", attempt_num=0, seed=0)
     params = SamplingParams(max_tokens=4000, stop=STOPS, seed=0)
     await tir.run_attempt(record, PROMPT, params, session="a0")

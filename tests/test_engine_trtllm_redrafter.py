@@ -279,7 +279,7 @@ def test_manifest_write_and_read_round_trip(tmp_path):
 
 async def test_the_attempt_log_records_the_effective_sampling(tmp_path, tokenizer_dir, monkeypatch):
     from submission.answer import AnswerRange
-    from submission.prompt import CODE_TAGS
+    from submission.families.openmath import OpenmathFamily
     from submission.records import AttemptRecord
     from submission.tir import TirLoop
 
@@ -289,7 +289,8 @@ async def test_the_attempt_log_records_the_effective_sampling(tmp_path, tokenize
     engine = engine_for(engine_dir)
     await engine.start()
     config = load_config("aimo3", None, [])
-    tir = TirLoop(engine, None, CODE_TAGS["openmath"], config.tir, AnswerRange(0, 99_999))
+    family = OpenmathFamily.from_config(config)
+    tir = TirLoop(engine, None, family, config.tir, AnswerRange(0, 99_999))
     record = AttemptRecord(problem_id="p", attempt_num=0, seed=5)
     params = SamplingParams(max_tokens=200, temperature=0.6, top_p=0.95, seed=5, stop=STOPS)
     await tir.run_attempt(record, PROMPT, params, session="a0")

@@ -103,7 +103,7 @@ def fault_config(profile: str) -> Config:
     return load_config(
         profile,
         overrides=[
-            "prompt.code_tags=tora",
+            "prompt.family=tora",
             "solver.attempts=2",
             f"engine.replay.tokens_per_s={TOKENS_PER_S}",
             f"budget.max_problem_s={MAX_PROBLEM_S}",

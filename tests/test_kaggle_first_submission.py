@@ -89,7 +89,7 @@ def replay_config(tmp_path: Path, *overrides: str, profile: str = "aimo3") -> Co
     config = load_config(
         profile,
         REPLAY_TOML,
-        ["prompt.code_tags=tora", "solver.attempts=2", *overrides],
+        ["prompt.family=tora", "solver.attempts=2", *overrides],
     )
     config.profile.competition_dir = str(tmp_path / "no-competition-here")
     return config
@@ -315,7 +315,7 @@ def test_a_killed_serving_kernel_leaves_no_sandbox_folders(tmp_path: Path) -> No
         "--config",
         str(REPLAY_TOML),
         "--set",
-        "prompt.code_tags=tora",
+        "prompt.family=tora",
         # Private mount namespaces keep session folders off the host's /tmp altogether;
         # without them the folders live in TMPDIR, the case a killed kernel could leave.
         "--set",

@@ -113,7 +113,7 @@ class SlowLoadingEngine(ReplayEngine):
 
 def replay_config(profile: str, tmp_path: Path) -> Config:
     config = load_config(
-        profile, overrides=["prompt.code_tags=tora", "solver.attempts=2", "engine.kind=replay"]
+        profile, overrides=["prompt.family=tora", "solver.attempts=2", "engine.kind=replay"]
     )
     config.profile.competition_dir = str(tmp_path / "no-competition-here")
     return config
@@ -195,7 +195,7 @@ def test_the_kernel_file_runs_standalone_with_the_builtin_replay(tmp_path: Path)
             "--config",  # not the production submission/kaggle.toml (TensorRT-LLM)
             str(REPO / "submission" / "data" / "replay_gsm8k.toml"),
             "--set",
-            "prompt.code_tags=tora",
+            "prompt.family=tora",
             "--set",
             "solver.attempts=2",
             "--set",
@@ -339,7 +339,7 @@ def test_the_kernel_bootstraps_from_our_wheel_alone(tmp_path: Path) -> None:
     out = tmp_path / "out"
     python = str(tmp_path / "venv" / "bin" / "python")
     flags = ["--config", str(REPO / "submission" / "data" / "replay_gsm8k.toml")]
-    flags += ["--set", "prompt.code_tags=tora", "--set", f"profile.competition_dir={tmp_path}/x"]
+    flags += ["--set", "prompt.family=tora", "--set", f"profile.competition_dir={tmp_path}/x"]
     flags += ["--test-csv", str(test_csv), "--out", str(out)]
     done = subprocess.run(
         [python, str(alone), "--wheel-dir", str(dataset), *flags],
@@ -360,7 +360,7 @@ def test_production_config_and_profile_detection(tmp_path: Path, monkeypatch) ->
     production = load_config(toml_path=REPO / "submission" / "kaggle.toml")
     assert production.engine.kind == "trtllm"
     assert production.engine.trtllm.engine_dir.startswith("/kaggle/input/")
-    assert production.prompt.code_tags == "openmath"
+    assert production.prompt.family == "openmath"
     aimo2_dir = tmp_path / "aimo2"
     aimo2_dir.mkdir()
     from submission import config as config_module

@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 
 from submission.config import ConfigError, load_config
-from submission.prompt import CODE_TAGS, PromptTemplate
+from submission.families.openmath import OPENMATH_TAGS
+from submission.families.text import PromptTemplate
+from submission.families.tora import TORA_TAGS
 
 PROBLEM = "Find the sum of all integer bases $b>9$ for which $17_{b}$ is a divisor of $97_{b}$."
 
@@ -45,12 +47,12 @@ def test_problem_and_generation_are_found_again_in_a_prompt() -> None:
 
 def test_openmath_output_block_golden() -> None:
     # The model stopped at </tool_call> (left out of its text); we append it and the output.
-    assert CODE_TAGS["openmath"].format_output("70\n") == "</tool_call>\n```output\n70\n```\n"
+    assert OPENMATH_TAGS.format_output("70\n") == "</tool_call>\n```output\n70\n```\n"
 
 
 def test_tora_output_block_golden() -> None:
     # ToRA closes ```python itself and opens ```output; the engine stops at ```output.
-    assert CODE_TAGS["tora"].format_output("18\n") == "```output\n18\n```\n"
+    assert TORA_TAGS.format_output("18\n") == "```output\n18\n```\n"
 
 
 def test_profiles() -> None:
@@ -87,6 +89,16 @@ def test_toml_then_overrides(tmp_path: Path) -> None:
 def test_bad_overrides_are_clear_errors(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(overrides=[override])
+
+
+def test_the_old_code_tags_key_names_its_new_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'prompt\.code_tags' was renamed to 'prompt\.family'"):
+        load_config(overrides=["prompt.code_tags=tora"])
+    old = tmp_path / "old.toml"
+    old.write_text('[prompt]\ncode_tags = "tora"\n')
+    with pytest.raises(ConfigError, match=r"renamed to 'prompt\.family'"):
+        load_config(toml_path=old)
+    assert load_config(overrides=["prompt.family=tora"]).prompt.family == "tora"
 
 
 def test_bad_toml_is_a_clear_error(tmp_path: Path) -> None:

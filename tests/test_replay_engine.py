@@ -9,10 +9,11 @@ import pytest
 from submission.config import load_config
 from submission.engines.base import SamplingParams
 from submission.engines.replay import EMBEDDED_TRANSCRIPTS, ReplayEngine, split_rounds
-from submission.prompt import CODE_TAGS, PromptTemplate
+from submission.families.text import PromptTemplate
+from submission.families.tora import TORA_TAGS
 from tests.helpers import collect
 
-TORA = CODE_TAGS["tora"]
+TORA = TORA_TAGS
 
 
 def first_record() -> dict:
@@ -21,7 +22,7 @@ def first_record() -> dict:
 
 @pytest.fixture
 def engine() -> ReplayEngine:
-    return ReplayEngine.from_config(load_config(overrides=["prompt.code_tags=tora"]))
+    return ReplayEngine.from_config(load_config(overrides=["prompt.family=tora"]))
 
 
 @pytest.fixture
@@ -110,7 +111,7 @@ async def test_unknown_problem_is_an_error_chunk(
 
 async def test_closing_the_stream_stops_it(template: PromptTemplate) -> None:
     engine = ReplayEngine.from_config(
-        load_config(overrides=["prompt.code_tags=tora", "engine.replay.chunk_tokens=1"])
+        load_config(overrides=["prompt.family=tora", "engine.replay.chunk_tokens=1"])
     )
     stream = engine.stream(
         template.render(first_record()["question"]), SamplingParams(max_tokens=999)

@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from submission.config import SandboxConfig, load_config
+from submission.families.registry import create_family
 from submission.sandbox import ExecResult, Sandbox
 from submission.sandbox.cleanup import UidLeases, remove_tree
 
@@ -130,9 +131,9 @@ def test_from_config_builds_the_sandbox_from_its_section() -> None:
 @pytest.mark.parametrize(
     ("overrides", "warning_shown"),
     [
-        (["prompt.code_tags=openmath"], False),  # the family's prelude filters warnings
-        (["prompt.code_tags=tora"], True),
-        (["prompt.code_tags=openmath", "sandbox.session_prelude=x = 1"], True),  # set: wins
+        (["prompt.family=openmath"], False),  # the family's prelude filters warnings
+        (["prompt.family=tora"], True),
+        (["prompt.family=openmath", "sandbox.session_prelude=x = 1"], True),  # set: wins
     ],
 )
 def test_the_session_prelude_is_the_model_familys_unless_set(
@@ -140,7 +141,7 @@ def test_the_session_prelude_is_the_model_familys_unless_set(
 ) -> None:
     config = load_config(overrides=[*overrides, "sandbox.spare_sessions=1"])
     config.sandbox.first_session_uid = LIMITS.first_session_uid
-    with Sandbox.from_config(config) as sb:
+    with Sandbox.from_config(config, create_family(config).session_prelude) as sb:
         first = sb.run("import warnings\nwarnings.warn('careful')", session="prelude")
         restored = sb.run("import os\nos._exit(1)", session="prelude")
         again = sb.run("warnings.warn('careful again')", session="prelude")

@@ -23,7 +23,7 @@ RECORDS = [json.loads(line) for line in EMBEDDED_TRANSCRIPTS[0].read_text().spli
 
 
 def replay_config(*overrides: str) -> Config:
-    return load_config(overrides=["prompt.code_tags=tora", "solver.attempts=2", *overrides])
+    return load_config(overrides=["prompt.family=tora", "solver.attempts=2", *overrides])
 
 
 @pytest.fixture(scope="module")

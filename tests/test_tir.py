@@ -14,15 +14,21 @@ from dataclasses import dataclass, field, replace
 import pytest
 
 from submission.answer import AnswerRange
-from submission.config import PACKAGE_DATA, SandboxConfig, TirConfig
+from submission.config import PACKAGE_DATA, SandboxConfig, TirConfig, load_config
 from submission.engines.base import Chunk, SamplingParams
-from submission.prompt import CODE_TAGS
+from submission.families.openmath import OPENMATH_TAGS, OpenmathFamily
 from submission.records import AttemptRecord
 from submission.sandbox import Sandbox
 from submission.tir import TirLoop
 
-OPENMATH = CODE_TAGS["openmath"]
 STOPS = ("<|im_end|>",)
+
+
+def openmath_loop(engine: ScriptedEngine, sandbox: Sandbox, tir: TirConfig) -> TirLoop:
+    config = load_config()
+    config.tir = tir
+    family = OpenmathFamily.from_config(config)
+    return TirLoop(engine, sandbox, family, tir, AnswerRange(0, 99_999))
 
 
 def real_generation() -> tuple[str, str]:
@@ -45,6 +51,7 @@ class ScriptedEngine:
     rounds: list[tuple[str, str]]  # (text, how it ends: "code" | "stop" | "length")
     name: str = "scripted"
     greedy: bool = False
+    token_prompts: bool = False
     prompts: list[str] = field(default_factory=list)
 
     async def start(self) -> None:
@@ -61,7 +68,7 @@ class ScriptedEngine:
         for piece in pieces[:-1]:
             yield Chunk(piece, 1)
         if end == "code":
-            yield Chunk(pieces[-1], 1, "stop", stop=OPENMATH.stop)
+            yield Chunk(pieces[-1], 1, "stop", stop=OPENMATH_TAGS.stop)
         else:
             yield Chunk(pieces[-1], 1, "stop" if end == "stop" else "length")
 
@@ -76,7 +83,7 @@ async def attempt(
     sandbox: Sandbox, rounds: list[tuple[str, str]], **tir: object
 ) -> tuple[AttemptRecord, ScriptedEngine]:
     engine = ScriptedEngine(rounds)
-    loop = TirLoop(engine, sandbox, OPENMATH, replace(TirConfig(), **tir), AnswerRange(0, 99_999))
+    loop = openmath_loop(engine, sandbox, replace(TirConfig(), **tir))
     record = AttemptRecord(problem_id="p", attempt_num=0)
     await loop.run_attempt(record, "PROMPT", SamplingParams(max_tokens=4000, stop=STOPS), "tir-a")
     sandbox.close_session("tir-a")
@@ -151,7 +158,7 @@ async def test_the_answer_phrase_votes_only_when_the_attempt_finished(
 async def test_no_code_runs_when_the_round_used_the_last_token(sandbox: Sandbox) -> None:
     head, _ = real_generation()
     engine = ScriptedEngine([(head, "code"), ("never served", "stop")])
-    loop = TirLoop(engine, sandbox, OPENMATH, TirConfig(), AnswerRange(0, 99_999))
+    loop = openmath_loop(engine, sandbox, TirConfig())
     record = AttemptRecord(problem_id="p", attempt_num=0)
     budget = len(head.split(" "))  # the scripted engine counts a token per word
     await loop.run_attempt(record, "PROMPT", SamplingParams(max_tokens=budget), "tir-b")

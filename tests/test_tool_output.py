@@ -15,21 +15,27 @@ from pathlib import Path
 import pytest
 
 from submission.config import load_config
-from submission.prompt import CODE_TAGS
+from submission.families.base import ToolResult
+from submission.families.openmath import OPENMATH_OUTPUT, OpenmathFamily
+from submission.families.text import OutputLimits, PromptTemplate
+from submission.families.tora import TORA_OUTPUT
 from submission.sandbox import Sandbox
-from submission.tool_output import OUTPUT_FORMATS
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "openmath_output.json").read_text())
 CASES = GOLDEN["cases"]
-OPENMATH = CODE_TAGS["openmath"]
 LIMIT, MARKER = GOLDEN["max_output_chars"], GOLDEN["truncation_marker"]
+OPENMATH = OpenmathFamily(
+    PromptTemplate.from_config(load_config().prompt), OutputLimits(LIMIT, MARKER), False
+)
 
 
 def shown(stdout: str, stderr: str, status: str) -> str:
-    """What the model sees after its </tool_call>: the block NeMo-Skills appends."""
-    text = OPENMATH.output.render(stdout, stderr, status, LIMIT, MARKER)
-    block = OPENMATH.format_output(text)
-    assert block.startswith("</tool_call>\n")  # the stop string the engine left out
+    """What the model sees after its </tool_call>: the block NeMo-Skills appends, as the
+    family's transcript appends it."""
+    transcript = OPENMATH.new_transcript("PROMPT")
+    inside = transcript.add_tool_result(ToolResult(stdout, stderr, status))
+    block = transcript.text
+    assert block == "</tool_call>\n```output\n" + inside + "```\n"  # the stop string first
     return block.removeprefix("</tool_call>\n")
 
 
@@ -51,7 +57,7 @@ def test_formatter_matches_the_fork_byte_for_byte(case: dict) -> None:
 def sandbox() -> Iterator[Sandbox]:
     # The output capture is not cut in the sandbox (the formatter cuts).
     config = load_config(overrides=["tir.max_output_chars=20000", "sandbox.spare_sessions=1"])
-    with Sandbox.from_config(config) as box:
+    with Sandbox.from_config(config, OPENMATH.session_prelude) as box:
         yield box
 
 
@@ -60,7 +66,7 @@ def sandbox() -> Iterator[Sandbox]:
 )
 def test_live_sandbox_and_formatter_match_the_fork(sandbox: Sandbox, case: dict) -> None:
     session = f"golden-{case['name']}"
-    sandbox.run(OPENMATH.output.session_prelude, session=session, timeout=10.0)
+    sandbox.run(OPENMATH_OUTPUT.session_prelude, session=session, timeout=10.0)
     cells = case["cells"]
     for i, code in enumerate(cells):
         timeout = case["timeout_s"] if i == len(cells) - 1 else 10.0
@@ -100,14 +106,9 @@ def test_a_dead_cell_shows_only_timed_out(status: str) -> None:
 
 
 def test_tora_shows_the_output_as_printed() -> None:
-    tora = OUTPUT_FORMATS["tora"]
+    tora = TORA_OUTPUT
     assert tora.render(" 18\n\n", "", "ok", LIMIT, MARKER) == " 18\n\n"
     assert tora.render("x" * 1005, "", "ok", LIMIT, MARKER) == "x" * 1000 + MARKER
     assert tora.render("", "", "timeout", LIMIT, MARKER) == (
         "timeout_decorator.timeout_decorator.TimeoutError: 'Timed Out'\n"
     )
-
-
-def test_every_family_is_an_entry_of_data() -> None:
-    for name, tags in CODE_TAGS.items():
-        assert tags.output is OUTPUT_FORMATS[name]

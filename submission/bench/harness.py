@@ -30,7 +30,8 @@ from rich.table import Table
 from submission.answer import AnswerRange
 from submission.config import PACKAGE_DATA, add_config_arguments, config_from_args
 from submission.engines.base import Chunk, SamplingParams
-from submission.prompt import CODE_TAGS, CodeTags, PromptTemplate
+from submission.families.registry import create_family
+from submission.families.text import CodeTags, TextFamily
 from submission.records import AttemptRecord
 from submission.tir import TirLoop
 
@@ -166,10 +167,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
-    tags = CODE_TAGS[config.prompt.code_tags]
+    family = create_family(config)
+    if not isinstance(family, TextFamily):
+        raise SystemExit(f"bench harness scripts text families; prompt.family is {family.name}")
+    tags = family.tags
     transcripts = load_transcripts()
     problem = transcripts[0][0]
-    prompt = PromptTemplate.from_config(config.prompt).render(problem)
+    prompt = family.render(problem)
     rows = []
     for tokens in (1_000, 16_000):
         with_calls = [
@@ -181,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
             anchor = _median(args.reps, lambda s=scripts: _engine_only(s, args.streams))
             harness = _median(
                 args.reps,
-                lambda s=scripts: _through_tir(s, args.streams, config, tags, prompt),
+                lambda s=scripts: _through_tir(s, args.streams, config, family, prompt),
             )
             rows.append(_row(tokens, args.streams, anchor, harness))
     results = {"target_us_per_token": TARGET_US_PER_TOKEN, "cases": rows}
@@ -210,7 +214,7 @@ def _engine_only(scripts: list[tuple[Round, ...]], streams: int) -> dict[str, fl
 
 
 def _through_tir(
-    scripts: list[tuple[Round, ...]], streams: int, config: Any, tags: CodeTags, prompt: str
+    scripts: list[tuple[Round, ...]], streams: int, config: Any, family: TextFamily, prompt: str
 ) -> dict[str, float]:
     engine = FastEngine(scripts)
     runner = InstantRunner(engine)
@@ -218,7 +222,7 @@ def _through_tir(
     tir = TirLoop(
         engine=engine,
         sandbox=runner,
-        tags=tags,
+        family=family,
         config=config.tir,
         answer_range=AnswerRange(profile.answer_min, profile.answer_max, profile.reduce_modulo),
     )

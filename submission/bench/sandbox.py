@@ -26,6 +26,7 @@ from typing import Any
 from rich.console import Console
 
 from submission.config import Config, add_config_arguments, config_from_args
+from submission.families.registry import create_family
 from submission.sandbox.sandbox import Sandbox
 
 SNIPPETS: dict[str, list[str]] = {
@@ -52,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     results: dict[str, Any] = {"snippets": {}, "sandbox": {}}
-    with Sandbox.from_config(config) as sandbox:
+    with Sandbox.from_config(config, create_family(config).session_prelude) as sandbox:
         sandbox.run("pass", session="warm-up")
         for name, cells in SNIPPETS.items():
             results["snippets"][name] = {
@@ -168,7 +169,7 @@ def _timeout_paths(sandbox: Sandbox, reps: int = 7, timeout: float = 0.2) -> dic
 def _fork_p50_ms(config: Config, reps: int) -> float:
     cold_config = copy.deepcopy(config)
     cold_config.sandbox.spare_sessions = 0  # a new session forked on demand
-    with Sandbox.from_config(cold_config) as cold:
+    with Sandbox.from_config(cold_config, create_family(config).session_prelude) as cold:
         cold.run("pass", session="warm-up")
         return _p50_ms(_new_session(cold), reps)
 
@@ -180,7 +181,7 @@ def _guards_cost(config: Config, args: argparse.Namespace) -> dict[str, dict[str
     for label, enabled in (("all guards", True), ("without cgroups, namespaces", False)):
         variant = copy.deepcopy(config)
         variant.sandbox.use_cgroups = variant.sandbox.use_namespaces = enabled
-        with Sandbox.from_config(variant) as sandbox:
+        with Sandbox.from_config(variant, create_family(config).session_prelude) as sandbox:
             sandbox.run("pass", session="warm-up")
             rows[label] = {
                 "call_p50_ms": _p50_ms(_ours(sandbox, SNIPPETS["trivial print"]), args.reps),

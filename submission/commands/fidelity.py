@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from submission.bench import state_after_timeout
 from submission.config import PACKAGE_DATA, add_config_arguments, config_from_args
+from submission.families.registry import create_family
 from submission.mismatch import KINDS, MismatchKind, classify_mismatch
 
 if TYPE_CHECKING:
@@ -147,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         generations += file_generations[: args.limit] if args.limit else file_generations
     started = time.monotonic()
     concurrency = max(1, args.concurrency)
-    with Sandbox.from_config(config) as sandbox:
+    with Sandbox.from_config(config, create_family(config).session_prelude) as sandbox:
         outcomes = asyncio.run(
             replay_generations(sandbox, generations, config.tir.code_timeout_s, concurrency)
         )

@@ -32,9 +32,10 @@ from typing import Any, Literal
 
 from submission.answer import AnswerRange
 from submission.config import PACKAGE_DATA, Config, ConfigError, add_config_arguments, load_config
-from submission.engines.base import Engine, SamplingParams
+from submission.engines.base import Engine, Prompt, SamplingParams
 from submission.engines.registry import create_engine
-from submission.prompt import CODE_TAGS, PromptTemplate
+from submission.families.base import ModelFamily
+from submission.families.registry import create_family
 from submission.records import AttemptRecord
 from submission.sandbox import Sandbox
 from submission.tir import TirLoop
@@ -113,7 +114,8 @@ def print_table(rows: list[Row], engine_kind: str) -> None:
 async def run_smoke(config: Config, settings: SmokeSettings | None = None) -> list[Row]:
     """Every row, in order; a row that raises or hangs fails with the reason."""
     settings = settings or SmokeSettings()
-    sandbox = Sandbox.from_config(config)  # before the engine touches CUDA
+    family = create_family(config)
+    sandbox = Sandbox.from_config(config, family.session_prelude)  # before the engine's CUDA
     engine = create_engine(config)
     rows: list[Row] = []
     started = time.perf_counter()
@@ -124,10 +126,10 @@ async def run_smoke(config: Config, settings: SmokeSettings | None = None) -> li
         return [Row("engine start", "fail", f"{type(exc).__name__}: {exc}")]
     load_s = time.perf_counter() - started
     rows.append(Row("engine start", "pass", f"{engine.name} in {load_s:.1f} s"))
-    smoke = Smoke(engine, sandbox, config, settings)
+    smoke = Smoke(engine, sandbox, family, config, settings)
     checks: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
         ("tokens/s", smoke.throughput),
-        ("stop at </tool_call>", smoke.tool_call_stop),
+        (f"stop at {family.tool_call_stop}", smoke.tool_call_stop),
         ("greedy self-stop", smoke.self_stop),
         ("prefix cache", smoke.prefix_cache),
         ("cancel latency", smoke.cancel_latency),
@@ -150,23 +152,28 @@ class Smoke:
     """The checks, sharing one engine, one sandbox and one prompt."""
 
     def __init__(
-        self, engine: Engine, sandbox: Sandbox, config: Config, settings: SmokeSettings
+        self,
+        engine: Engine,
+        sandbox: Sandbox,
+        family: ModelFamily,
+        config: Config,
+        settings: SmokeSettings,
     ) -> None:
         self.engine = engine
         self.sandbox = sandbox
+        self.family = family
         self.config = config
         self.settings = settings
-        self.template = PromptTemplate.from_config(config.prompt)
         with (PACKAGE_DATA / "aimo3_reference.csv").open(encoding="utf-8", newline="") as handle:
             reference = [row["problem"] for row in csv.DictReader(handle)]
         self.problems = reference[: max(1, settings.problems)]
-        self.prompt = self.template.render(self.problems[0])
+        self.prompt = family.render(self.problems[0])
         self.params = replace(
             SamplingParams.from_generation(config.generation, config.generation.base_seed),
             max_tokens=settings.max_tokens,
         )
 
-    async def drain(self, prompt: str, params: SamplingParams) -> tuple[int, str, Any]:
+    async def drain(self, prompt: Prompt, params: SamplingParams) -> tuple[int, str, Any]:
         tokens, text, last = 0, [], None
         async for chunk in self.engine.stream(prompt, params):
             tokens += chunk.tokens
@@ -217,8 +224,8 @@ class Smoke:
         return rows
 
     async def tool_call_stop(self) -> list[Row]:
-        """Real prompts through the TIR loop: a round ending at code_end runs its code."""
-        tags = CODE_TAGS[self.config.prompt.code_tags]
+        """Real prompts through the TIR loop: a round ending at the tool-call stop runs its code."""
+        stop = self.family.tool_call_stop
         calls: list[tuple[str, str, str]] = []
 
         class Recording:
@@ -233,7 +240,7 @@ class Smoke:
         tir = TirLoop(
             self.engine,
             Recording(self.sandbox),
-            tags,
+            self.family,
             self.config.tir,
             AnswerRange(self.config.profile.answer_min, self.config.profile.answer_max),
         )
@@ -241,12 +248,12 @@ class Smoke:
         for index, problem in enumerate(self.problems):
             record = AttemptRecord(problem_id=f"smoke-{index}", attempt_num=0, seed=index)
             params = replace(self.params, max_tokens=self.settings.attempt_tokens, seed=index)
-            await tir.run_attempt(record, self.template.render(problem), params, f"smoke-{index}")
+            await tir.run_attempt(record, self.family.render(problem), params, f"smoke-{index}")
             self.sandbox.close_session(f"smoke-{index}")
             records.append(record)
         # The stop string appears once per code call (in the fed-back output block), never in
         # the model's own text: the engine cut the text there.
-        leaked = [r.problem_id for r in records if r.text.count(tags.stop) != r.code_calls]
+        leaked = [r.problem_id for r in records if r.text.count(stop) != r.code_calls]
         detail = (
             f"{len(calls)} code calls in {len(records)} attempts "
             f"({sum(s == 'ok' for _, s, _ in calls)} ok), finish: "
@@ -256,14 +263,14 @@ class Smoke:
         if failed:
             detail += f"; not ok: {failed[:2]}"
         if not calls:
-            reason = f"no attempt reached {tags.stop}: {detail}"
-            return [Row("stop at " + tags.stop, "fail", reason)]
-        cut = all(tags.stop not in code for code, _, _ in calls)
+            reason = f"no attempt reached {stop}: {detail}"
+            return [Row("stop at " + stop, "fail", reason)]
+        cut = all(stop not in code for code, _, _ in calls)
         ran = any(status == "ok" for _, status, _ in calls)
         verdict: Verdict = "pass" if cut and ran and not leaked else "fail"
         if leaked:
-            detail += f"; {tags.stop} left in the text of {leaked}"
-        return [Row("stop at " + tags.stop, verdict, detail)]
+            detail += f"; {stop} left in the text of {leaked}"
+        return [Row("stop at " + stop, verdict, detail)]
 
     async def self_stop(self) -> list[Row]:
         """Greedy text, then the same request with its own 10th-token text as a stop string."""
@@ -286,7 +293,7 @@ class Smoke:
         if reused is None:
             return [Row("prefix cache", "n/a", f"{self.engine.name} has no prefix cache")]
         short = replace(self.params, max_tokens=8)
-        prompt = self.template.render(self.problems[-1] + " (second identical prompt)")
+        prompt = self.family.render(self.problems[-1] + " (second identical prompt)")
         await self.drain(prompt, short)
         before = reused()
         await self.drain(prompt, short)

@@ -1,14 +1,15 @@
 """The replay engine: recorded real generations, served as if a model wrote them now.
 
-Each recording (a ToRA-format JSONL record: question, gt, code=[generation], pred)
-is split at the code tags' stop string into rounds: the model's text of round j,
-then the output the recording's authors got for that round's code. A stream
-serves round j of the recording chosen by the request's seed, where j is the
-number of code-output blocks already in the prompt: so the harness runs the
-code in its own sandbox, appends its own output (never the recorded one), and
-the engine continues with the recorded text after the recorded output block.
-The recorded output rides along in the round's last chunk (`meta`), so the
-harness can log where its output differs.
+It serves a text model family (families/text.py), reading the problem back from
+the rendered prompt. Each recording (a ToRA-format JSONL record: question, gt,
+code=[generation], pred) is split at the family's code stop string into rounds:
+the model's text of round j, then the output the recording's authors got for
+that round's code. A stream serves round j of the recording chosen by the
+request's seed, where j is the number of code-output blocks already in the
+prompt: so the harness runs the code in its own sandbox, appends its own output
+(never the recorded one), and the engine continues with the recorded text after
+the recorded output block. The recorded output rides along in the round's last
+chunk (`meta`), so the harness can log where its output differs.
 
 The engine is stateless across requests: everything it needs is in the prompt.
 """
@@ -23,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from submission.config import PACKAGE_DATA, Config
-from submission.engines.base import Chunk, EngineError, SamplingParams
-from submission.prompt import CODE_TAGS, CodeTags, PromptTemplate
+from submission.engines.base import Chunk, EngineError, Prompt, SamplingParams
+from submission.families.registry import create_family
+from submission.families.text import CodeTags, PromptTemplate, TextFamily
 
 EMBEDDED_TRANSCRIPTS = (
     PACKAGE_DATA / "tora70b_gsm8k_first250.jsonl",
@@ -129,11 +131,17 @@ class ReplayEngine:
 
     @classmethod
     def from_config(cls, config: Config) -> ReplayEngine:
-        tags = CODE_TAGS[config.prompt.code_tags]
+        family = create_family(config)
+        if not isinstance(family, TextFamily):
+            raise EngineError(
+                f"replay serves text-family recordings; prompt.family {family.name!r} "
+                "renders token ids (choose openmath or tora)"
+            )
+        tags = family.tags
         paths = [Path(p) for p in config.engine.replay.transcripts] or list(EMBEDDED_TRANSCRIPTS)
         return cls(
             load_recordings(paths, tags),
-            PromptTemplate.from_config(config.prompt),
+            family.template,
             tags,
             tokens_per_s=config.engine.replay.tokens_per_s,
             chunk_tokens=config.engine.replay.chunk_tokens,
@@ -148,7 +156,10 @@ class ReplayEngine:
     def recordings_for(self, problem: str) -> list[Recording]:
         return self.recordings.get(normalize_question(problem), [])
 
-    async def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+    async def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:
+        if not isinstance(prompt, str):
+            yield Chunk("", 0, finish_reason="error", error="replay: takes text prompts only")
+            return
         problem = self.template.problem_of(prompt)
         choices = self.recordings_for(problem) if problem is not None else []
         if not choices:

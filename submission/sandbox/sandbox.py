@@ -86,15 +86,13 @@ class Sandbox:
         self._refill_spares()
 
     @classmethod
-    def from_config(cls, config: Config) -> Sandbox:
-        """The sandbox of `config.sandbox`; an empty `session_prelude` there means the model
-        family's (`config.prompt.code_tags`: e.g. openmath filters warnings, as NeMo-Skills)."""
+    def from_config(cls, config: Config, family_prelude: str = "") -> Sandbox:
+        """The sandbox of `config.sandbox`; an empty `session_prelude` there means
+        `family_prelude`, the model family's (e.g. openmath filters warnings, as NeMo-Skills),
+        which the caller passes: the sandbox knows no model families."""
         section = config.sandbox
         if not section.session_prelude:
-            from submission.prompt import CODE_TAGS
-
-            prelude = CODE_TAGS[config.prompt.code_tags].output.session_prelude
-            section = dataclasses.replace(section, session_prelude=prelude)
+            section = dataclasses.replace(section, session_prelude=family_prelude)
         return cls(section)
 
     # -- public API -----------------------------------------------------------------------

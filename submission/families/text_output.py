@@ -1,17 +1,11 @@
-"""What the model is shown of its code's run: one formatting rule set per model family, as data.
+"""What a text family shows the model of its code's run: the rules, as data.
 
 A family's `OutputFormat` turns a sandbox result (stdout, stderr, status) into the
 text inside its output block; the block itself (```output ... ```) is the family's
-`CodeTags.output_block` (prompt.py). A new family is a new `OutputFormat` value,
-never a new branch in the code.
-
-The `openmath` rules reproduce NeMo-Skills' code execution byte for byte, as read
-in the fork the AIMO-2 recipe installs (alessiodevoto/NeMo-Skills, branch
-aimo-inference, commit 27d7b1c3): `nemo_skills/code_execution/sandbox.py`
-(`Sandbox.execute_code`: IPython capture, `.strip()`, the cut, `simplify_errors`,
-"Timed out"), `local_sandbox_server.py` (a dead or timed-out process answers
-"Timed out") and `code_execution/utils.py` (`format_code_output`, "qwen" style:
-stdout then stderr). docs/harness.md lists the rules and the few known gaps.
+`CodeTags.output_block` (text.py). A new text family is a new `OutputFormat` value in
+its own module (openmath.py, tora.py), never a new branch in the code. The rules
+exist to reproduce NeMo-Skills' code execution byte for byte (openmath.py cites the
+source); docs/harness.md lists them and the few known gaps.
 """
 
 from __future__ import annotations
@@ -92,26 +86,3 @@ def _line_start_find(text: str, header: str) -> int | None:
 def _simplify_errors(text: str) -> str:
     text = _ANSI.sub("", text)
     return "\n".join(line for line in text.split("\n") if not _CELL_LOCATION.match(line))
-
-
-OUTPUT_FORMATS: dict[str, OutputFormat] = {
-    # NeMo-Skills (fork above): the format OpenMath-Nemotron was trained and evaluated with.
-    "openmath": OutputFormat(
-        strip=True,
-        traceback_with_stdout=True,
-        simplify_errors=True,
-        drop_text="Out[1]: ",
-        dead_text="Timed out\n",
-        session_prelude="import warnings\nwarnings.filterwarnings('ignore')\n",
-    ),
-    # ToRA's executor: the output as printed; the timeout text is the one its recorded
-    # GSM8K transcripts show (submission/data).
-    "tora": OutputFormat(
-        strip=False,
-        traceback_with_stdout=False,
-        simplify_errors=False,
-        drop_text="",
-        dead_text="timeout_decorator.timeout_decorator.TimeoutError: 'Timed Out'\n",
-        session_prelude="",
-    ),
-}
