@@ -149,6 +149,18 @@ def check_draft_checkpoint(
     return problems
 
 
+def check_dataset_owner(dataset_id: str) -> list[str]:
+    """The engine dataset must be owned by a real Kaggle user, not the placeholder."""
+    from submission.config import PLACEHOLDER_OWNER
+
+    if dataset_id.split("/")[0] != PLACEHOLDER_OWNER:
+        return []
+    return [
+        f"package: the engine dataset {dataset_id!r} names the placeholder owner: set yours "
+        "once (python -m submission kaggle-metadata --write --id USER/SLUG)"
+    ]
+
+
 def check_paths(required: dict[str, Path]) -> list[str]:
     return [f"{what} not found: {path}" for what, path in required.items() if not path.exists()]
 
@@ -229,6 +241,7 @@ def check_stage(stage: str, config: PipelineConfig, facts: Facts, resolved: Reso
         )
         problems += check_tools(["trtllm-build"])
     elif stage == "package":
+        problems += check_dataset_owner(config.package.dataset_id)
         problems += check_paths(
             {
                 "engine config": config.path(config.engine.output_dir) / "config.json",

@@ -21,6 +21,7 @@ known one ("did you mean").
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -300,6 +301,7 @@ class SimEngineConfig:
 class TrtllmEngineConfig:
     """In-process TensorRT-LLM engine (production on Kaggle)."""
 
+    # Empty = the attached engine dataset, /kaggle/input/<kaggle.engine_slug> (set at load).
     engine_dir: str = ""
     tokenizer_dir: str = ""  # empty = engine_dir
     kv_cache_free_gpu_memory_fraction: Annotated[float, Range(gt=0, le=1)] = 0.92
@@ -382,6 +384,48 @@ class OutputConfig:
     progress: bool = True
 
 
+# The owner the committed files name until a competitor gives theirs (`kaggle-metadata
+# --write --id USER/SLUG`); `kaggle-metadata --check` refuses it wherever it is left.
+PLACEHOLDER_OWNER = "your-kaggle-username"
+# Kaggle's slugs: lowercase letters, digits and dashes (the CLI: 5-50 for a kernel's, 3-50
+# for a dataset's; ours all fit the kernel's rule).
+KAGGLE_SLUG = Pattern(r"[a-z0-9][a-z0-9-]{3,48}[a-z0-9]", "a-z, 0-9 and '-', 5-50 characters")
+KERNEL_TITLE = Pattern(r"[ -~]{5,50}", "5-50 ASCII characters")
+DATASET_TITLE = Pattern(r"[ -~]{6,50}", "6-50 ASCII characters")  # the CLI's dataset rule
+
+
+@dataclass
+class KaggleConfig:
+    """Who pushes, and what the kernel and its two datasets are called on Kaggle: set once here.
+
+    `python -m submission kaggle-metadata --write --id USER/SLUG [--title T]` writes the
+    owner and the kernel's slug and title into the config file (submission/kaggle.toml);
+    everything Kaggle-facing is made from this section: kaggle_metadata.json (id, title,
+    dataset sources), the wheel dataset (offline_wheels/download.py's dataset-metadata.json),
+    the engine dataset (build/pipeline.py's package stage) and the folder the kernel loads
+    the engine from (/kaggle/input/<engine_slug> when engine.trtllm.engine_dir is empty).
+    """
+
+    owner: Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9_-]*", "a Kaggle username")] = (
+        PLACEHOLDER_OWNER
+    )
+    kernel_slug: Annotated[str, KAGGLE_SLUG] = "aimo-tir-harness"
+    # Kaggle makes the kernel's slug from its title: the two must agree (RELATIONS).
+    kernel_title: Annotated[str, KERNEL_TITLE] = "AIMO TIR Harness"
+    wheels_slug: Annotated[str, KAGGLE_SLUG] = "aimo-offline-wheels"
+    wheels_title: Annotated[str, DATASET_TITLE] = "AIMO submission offline wheels"
+    engine_slug: Annotated[str, KAGGLE_SLUG] = "aimo-engine-openmath-14b-fp8-redrafter"
+    engine_title: Annotated[str, DATASET_TITLE] = "OpenMath-Nemotron-14B FP8 ReDrafter engine"
+
+    def dataset_id(self, slug: str) -> str:
+        return f"{self.owner}/{slug}"
+
+
+def kaggle_slugify(title: str) -> str:
+    """What python-slugify (the Kaggle CLI's slugify) makes of an ASCII title."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
 @dataclass
 class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
@@ -394,6 +438,7 @@ class Config:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    kaggle: KaggleConfig = field(default_factory=KaggleConfig)
 
 
 # Rules that tie fields together: (what must hold, in words, and the test of it).
@@ -405,6 +450,10 @@ RELATIONS: tuple[tuple[str, Callable[[Config], bool]], ...] = (
     (
         "budget.min_problem_s <= budget.max_problem_s",
         lambda c: c.budget.min_problem_s <= c.budget.max_problem_s,
+    ),
+    (
+        "kaggle.kernel_title slugifies to kaggle.kernel_slug (Kaggle names the kernel by it)",
+        lambda c: kaggle_slugify(c.kaggle.kernel_title) == c.kaggle.kernel_slug,
     ),
 )
 
@@ -448,6 +497,8 @@ def load_config(
             raise ConfigError(f"override {item!r} is not of the form section.field=value")
         _refuse_renamed(key.strip())
         set_field(config, key.strip(), raw.strip())
+    if not config.engine.trtllm.engine_dir:  # the attached engine dataset
+        config.engine.trtllm.engine_dir = f"/kaggle/input/{config.kaggle.engine_slug}"
     check_config(config)
     return config
 

@@ -28,7 +28,7 @@ from submission.rehearsal import isolation as rehearsal_isolation
 from submission.rehearsal.isolation import Process, own_namespaces_allowed
 from submission.rehearsal.progress import Progress
 from submission.rehearsal.runs import SITECUSTOMIZE, RunSettings, _supervise
-from submission.rehearsal.tree import WHEELS_DATASET, config_toml, lay_out
+from submission.rehearsal.tree import config_toml, lay_out
 from submission.rehearsal.verdict import Verdict, read_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_the_tree_is_kaggle_shaped(tmp_path: Path) -> None:
     competition = tree.kaggle / "input" / "ai-mathematical-olympiad-progress-prize-2"
     assert tree.competition == competition and (competition / "test.csv").is_file()
     assert (competition / "kaggle_evaluation" / "__init__.py").is_file()
-    wheels = tree.kaggle / "input" / WHEELS_DATASET
+    wheels = tree.kaggle / "input" / "aimo-offline-wheels"  # kaggle.wheels_slug
     assert (wheels / "requirements.txt").is_file()
     assert (wheels / "wheels" / "polars-2.1.0-py3-none-any.whl").is_symlink()
     assert tree.code_file.read_text() == (REPO / "submission" / "kernel.py").read_text()

@@ -1,7 +1,7 @@
 """The rehearsal's Kaggle-shaped tree: competition data, the wheel dataset, the code file, config.
 
 root/kaggle/input/<competition>/{test.csv, kaggle_evaluation/},
-root/kaggle/input/aimo-offline-wheels/ (the wheelhouse, our wheel rebuilt from
+root/kaggle/input/<kaggle.wheels_slug>/ (the wheelhouse, our wheel rebuilt from
 this checkout), root/kaggle/working/, root/src/kernel.py (the code file alone,
 as it is pushed), root/rehearsal.toml (the config the kernel reads) and
 root/tmp (the runs' TMPDIR, so that nothing of theirs outlives the tree).
@@ -32,7 +32,6 @@ ROOT_PREFIX = "aimo-rehearsal-"
 RAM_DISK = Path("/dev/shm")
 RAM_DISK_ROOM = 4 << 30  # bytes free on the RAM disk for a tree there (two profiles: ~1.3 GB)
 OWNER_FILE = "owner.pid"
-WHEELS_DATASET = "aimo-offline-wheels"
 OWN_WHEEL_PREFIX = "aimo_submission-"
 
 
@@ -78,7 +77,7 @@ def lay_out(
     wheelhouse: Path,
     own_wheel: Path | None = None,
 ) -> Tree:
-    """root/kaggle/{input/<competition>, input/aimo-offline-wheels, working}, src/kernel.py.
+    """root/kaggle/{input/<competition>, input/<wheels slug>, working}, src/kernel.py.
 
     `own_wheel` (built by `build_own_wheel`) replaces the wheelhouse's own wheel.
     """
@@ -100,7 +99,7 @@ def lay_out(
             dirs_exist_ok=True,
             ignore=shutil.ignore_patterns("__pycache__"),
         )
-    lay_out_wheels(kaggle / "input" / WHEELS_DATASET, wheelhouse, own_wheel)
+    lay_out_wheels(kaggle / "input" / config.kaggle.wheels_slug, wheelhouse, own_wheel)
     (root / "tmp").mkdir(exist_ok=True)
     code_file = root / "src" / "kernel.py"
     code_file.parent.mkdir(parents=True, exist_ok=True)
