@@ -143,7 +143,7 @@ class Solver:
         answer = self.policy.selection.select(voters)
         seconds = loop.time() - started
         if answer is None:
-            return self.fallback(problem_id, records, seconds, budget_s, "no attempt answered")
+            return self.fallback(problem_id, records, seconds, budget_s, _why_unanswered(records))
         top_votes = sum(1 for v in voters if v.answer == answer)
         log.info(
             "%s: answer %d (%d/%d votes, %s, %.1fs of %.1fs)",
@@ -221,6 +221,14 @@ class Solver:
             finished=tuple(_as_finished(r) for r in finished),
             running=running,
         )
+
+
+def _why_unanswered(records: list[AttemptRecord]) -> str:
+    """The fallback's reason: the engine's own when every attempt failed the same way."""
+    errors = {r.error_message for r in records if r.finish_reason == "error"}
+    if records and len(errors) == 1 and all(r.finish_reason == "error" for r in records):
+        return f"every attempt failed: {errors.pop()}"
+    return "no attempt answered"
 
 
 def _as_finished(record: AttemptRecord) -> FinishedAttempt:

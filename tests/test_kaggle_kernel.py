@@ -373,3 +373,14 @@ def test_production_config_and_profile_detection(tmp_path: Path, monkeypatch) ->
     assert kernel.detect_profile("aimo3") == "aimo2"
     aimo2_dir.rmdir()
     assert kernel.detect_profile("aimo3") == "aimo3"
+
+
+def test_the_kernel_and_replay_exit_with_the_same_codes() -> None:
+    """kernel.py keeps its own (it runs before the package is importable): the same numbers."""
+    from submission import local_run
+
+    assert (kernel.EXIT_FAILED, kernel.EXIT_BAD_INPUT, kernel.EXIT_NOT_READY) == (
+        local_run.EXIT_FAILED,
+        local_run.EXIT_BAD_INPUT,
+        local_run.EXIT_NOT_READY,
+    )
