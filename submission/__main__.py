@@ -33,6 +33,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "build": ("submission.commands.build", "engine build pipeline (build/pipeline.toml)"),
     "smoke": ("submission.commands.smoke", "first run on a GPU box: load the engine, verdicts"),
+    "standin-model": (
+        "submission.commands.standin_model",
+        "write a tiny Qwen2 model (random weights, real tokenizer) for `smoke --engine hf`",
+    ),
     "rehearse": (
         "submission.commands.rehearse",
         "run the kernel as Kaggle does (interactive and rerun) in a Kaggle-shaped temp tree",
