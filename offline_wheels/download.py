@@ -1,7 +1,7 @@
 """Build the offline wheelhouse: a Kaggle dataset folder the kernel installs with no index.
 
     python offline_wheels/download.py --out DIR [--python-version 3.12] [--with-trtllm]
-        [--dataset-id OWNER/SLUG] [--title TITLE]
+        [--with-harmony] [--dataset-id OWNER/SLUG] [--title TITLE]
 
 The dataset's id and title default to the config's identity (submission/kaggle.toml
 [kaggle]: owner/wheels_slug, wheels_title), as kaggle_metadata.json's dataset sources do.
@@ -9,7 +9,11 @@ The dataset's id and title default to the config's identity (submission/kaggle.t
 DIR gets:
   wheels/*.whl           binary wheels for the Kaggle image (pip download --only-binary=:all:
                          --python-version X --platform manylinux...), and our own wheel
-  requirements.txt       what the kernel installs: our package (and TensorRT-LLM), pinned
+  requirements.txt       what the kernel installs: our package (and TensorRT-LLM,
+                         openai-harmony), pinned
+  tiktoken_encodings/    with --with-harmony: o200k_base.tiktoken, the harmony family's
+                         vocabulary (official URL, else rebuilt from gpt-oss's tokenizer;
+                         hash-checked: `python -m submission vocab`)
   install.sh             the same install from a shell
   dataset-metadata.json  for `kaggle datasets create -p DIR`
 Run it again to refresh: pip skips wheels already in DIR/wheels.
@@ -33,8 +37,10 @@ REPO_ROOT = HERE.parent
 if str(REPO_ROOT) not in sys.path:  # run by path from a checkout: find the harness package
     sys.path.insert(0, str(REPO_ROOT))
 
+from submission.commands.vocab import VocabularyError, prepare  # noqa: E402
 from submission.config import PLACEHOLDER_OWNER, KaggleConfig, TrtllmEngineConfig  # noqa: E402
 from submission.engines.trtllm_folder import wheel_pythons  # noqa: E402
+from submission.families.harmony_vocab import DATASET_FOLDER  # noqa: E402
 
 # The kernel's production config: its [kaggle] identity names the wheel dataset.
 HARNESS_CONFIG = REPO_ROOT / "submission" / "kaggle.toml"
@@ -115,12 +121,21 @@ def build_own_wheel(wheels: Path) -> Path:
     return built[0]
 
 
-def write_dataset_folder(out: Path, with_trtllm: bool, dataset_id: str, title: str) -> None:
+def pins(requirements: str) -> list[str]:
+    """The `name==version` lines of a requirements file (no comments, no index options)."""
+    lines = (HERE / requirements).read_text(encoding="utf-8").splitlines()
+    return [line for line in lines if line.strip() and not line.startswith(("#", "-"))]
+
+
+def write_dataset_folder(
+    out: Path, with_trtllm: bool, dataset_id: str, title: str, with_harmony: bool = False
+) -> None:
     name, version = project_version()
     lines = [f"{name}=={version}"]
     if with_trtllm:
-        pins = (HERE / "requirements-trtllm.txt").read_text(encoding="utf-8").splitlines()
-        lines += [p for p in pins if p.strip() and not p.startswith(("#", "-"))]
+        lines += pins("requirements-trtllm.txt")
+    if with_harmony:
+        lines += pins("requirements-harmony.txt")
     (out / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.copy2(HERE / "install.sh", out / "install.sh")
     metadata = {"title": title, "id": dataset_id, "licenses": [{"name": "other"}]}
@@ -162,6 +177,7 @@ def build_wheelhouse(
     with_trtllm: bool = False,
     dataset_id: str | None = None,
     title: str | None = None,
+    with_harmony: bool = False,
 ) -> Path:
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -179,6 +195,13 @@ def build_wheelhouse(
             ),
             check=True,
         )
+    if with_harmony:
+        subprocess.run(
+            download_command(HERE / "requirements-harmony.txt", wheels, python_version, platforms),
+            check=True,
+        )
+        for line in prepare(out / DATASET_FOLDER, with_tokenizer=False):
+            LOG.info("%s", line)
     build_own_wheel(wheels)
     kaggle = identity()
     dataset_id = dataset_id or kaggle.dataset_id(kaggle.wheels_slug)
@@ -189,7 +212,7 @@ def build_wheelhouse(
             "`kaggle datasets create`",
             PLACEHOLDER_OWNER,
         )
-    write_dataset_folder(out, with_trtllm, dataset_id, title or kaggle.wheels_title)
+    write_dataset_folder(out, with_trtllm, dataset_id, title or kaggle.wheels_title, with_harmony)
     LOG.info("wheelhouse ready: %d wheels in %s", len(list(wheels.glob("*.whl"))), wheels)
     return out
 
@@ -205,6 +228,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--platform", action="append", default=None, help="wheel platform tag")
     parser.add_argument(
         "--with-trtllm", action="store_true", help="add TensorRT-LLM (NVIDIA index)"
+    )
+    parser.add_argument(
+        "--with-harmony",
+        action="store_true",
+        help="add openai-harmony and its vocabulary (the harmony family, gpt-oss)",
     )
     parser.add_argument(
         "--dataset-id", default=None, help="default: the config's [kaggle] owner/wheels_slug"
@@ -223,8 +251,9 @@ def main(argv: list[str] | None = None) -> int:
             args.with_trtllm,
             args.dataset_id,
             args.title,
+            args.with_harmony,
         )
-    except (subprocess.CalledProcessError, RuntimeError) as exc:
+    except (subprocess.CalledProcessError, RuntimeError, VocabularyError, OSError) as exc:
         LOG.error("%s", exc)
         return 1
     return 0

@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "submission.commands.standin_model",
         "write a tiny Qwen2 model (random weights, real tokenizer) for `smoke --engine hf`",
     ),
+    "vocab": (
+        "submission.commands.vocab",
+        "fetch or rebuild the harmony family's vocabulary (o200k_base.tiktoken), checked",
+    ),
     "rehearse": (
         "submission.commands.rehearse",
         "run the kernel as Kaggle does (interactive and rerun) in a Kaggle-shaped temp tree",

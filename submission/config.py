@@ -92,6 +92,35 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 
 @dataclass
+class HarmonyConfig:
+    """The harmony family (gpt-oss through openai-harmony; submission/families/harmony.py)."""
+
+    # The system message's "Reasoning:" setting: "low", "medium" or "high".
+    reasoning_effort: Literal["low", "medium", "high"] = "high"
+    # The system message's first line; "" = openai-harmony's default identity.
+    model_identity: str = ""
+    # The python tool's description in the system message; "" = openai-harmony's own
+    # (ToolNamespaceConfig.python(), 0.0.8: a stateful Jupyter notebook that "will respond
+    # with the output of the execution or time out after 120.0 seconds").
+    tool_description: str = ""
+    # The developer message's instructions (as the public AIMO-3 notebook tonghuikang/aimo3
+    # notebook.py sends them).
+    developer_instructions: str = (
+        "You will solve the problem and return the final answer in \\boxed{}."
+    )
+    # The user message; {problem} is substituted.
+    user_message: Annotated[str, Contains("{problem}")] = "{problem}"
+    # The tool's reply when a call timed out or its process died (gpt-oss
+    # gpt_oss/tools/python_docker/docker_tool.py: "[ERROR] " + the TimeoutError's text).
+    timeout_text: Annotated[str, NonEmpty()] = (
+        "[ERROR] Timed out waiting for Jupyter kernel output."
+    )
+    # Folder holding o200k_base.tiktoken; "" = $TIKTOKEN_ENCODINGS_BASE, else the cache folder
+    # `python -m submission vocab` fills (submission/families/harmony_vocab.py).
+    vocabulary_dir: str = ""
+
+
+@dataclass
 class PromptConfig:
     """How a problem becomes the model's prompt (NeMo-Skills conventions)."""
 
@@ -103,8 +132,11 @@ class PromptConfig:
         "(and only answer) inside \\boxed{{}}.\n\n{problem}"
     )
     # Model family (submission/families/): "openmath" (<tool_call>...</tool_call>, NeMo-Skills'
-    # output block) or "tora" (```python ... ```output). It also picks the sandbox prelude.
-    family: Literal["openmath", "tora"] = "openmath"
+    # output block), "tora" (```python ... ```output) or "harmony" (gpt-oss: token ids through
+    # openai-harmony, the python tool; needs an engine that takes token ids). It also picks
+    # the sandbox prelude. template and user_message are the text families'.
+    family: Literal["openmath", "tora", "harmony"] = "openmath"
+    harmony: HarmonyConfig = field(default_factory=HarmonyConfig)
 
 
 @dataclass

@@ -6,7 +6,9 @@ kaggle-metadata --stage` makes of it), it runs four stages, each logged and time
 1. install: finds the `submission` package in an attached dataset (or
    `--code-dir` / `$AIMO_CODE_DIR`, or the checkout it sits in; else the
    installed package; else it installs our own wheel from the wheel dataset),
-   installs the offline wheels if a wheel folder is attached, reads the config;
+   installs the offline wheels if a wheel folder is attached, points
+   `$TIKTOKEN_ENCODINGS_BASE` at its harmony vocabulary (tiktoken_encodings/),
+   reads the config;
 2. preflight: every `doctor` check (packages, GPU, engine folder, the engine
    built from the config, one sandbox call). A failure stops an interactive
    session with the reason at the top of the log (exit 3); a competition rerun
@@ -189,6 +191,7 @@ def install_stage(argv: list[str] | None = None) -> KernelRun:
             f"runtime packages not installed: {', '.join(missing)} "
             "(the offline wheels did not install: see above)",
         )
+    use_dataset_vocabulary(early.wheel_dir)
     started_at = process_started_at()
     from submission.config import ConfigError, config_from_args
 
@@ -371,6 +374,32 @@ def missing_runtime_packages() -> list[str]:
     from submission.preflight import RUNTIME_PACKAGES
 
     return [name for name in RUNTIME_PACKAGES if importlib.util.find_spec(name) is None]
+
+
+def use_dataset_vocabulary(wheel_dir: Path | None) -> None:
+    """$TIKTOKEN_ENCODINGS_BASE to the wheel dataset's harmony vocabulary folder, unless set.
+
+    Here, before anything imports openai_harmony (this process, and a model server
+    started from it, inherit it); the preflight checks the file's hash.
+    """
+    from submission.families.harmony_vocab import (
+        DATASET_FOLDER,
+        ENCODINGS_ENV,
+        VOCABULARY_FILE,
+        use_vocabulary,
+    )
+
+    if os.environ.get(ENCODINGS_ENV):
+        log.info("vocabulary: $%s is %s", ENCODINGS_ENV, os.environ[ENCODINGS_ENV])
+        return
+    found = find_wheel_dir(wheel_dir)
+    if found is None:
+        return
+    for folder in (found / DATASET_FOLDER, found.parent / DATASET_FOLDER):
+        if (folder / VOCABULARY_FILE).is_file():
+            use_vocabulary(folder)
+            log.info("vocabulary: $%s = %s", ENCODINGS_ENV, folder)
+            return
 
 
 def on_kaggle_root(config: Config) -> Config:

@@ -3,8 +3,9 @@
 Each check is reported as ok / warn / fail with a one-line reason: the Python
 version, the runtime packages, the optional engine's package, a GPU, the
 engine folder and its manifest (for `trtllm`), the interpreter and MPI the
-pinned TensorRT-LLM needs, the engine built from the config, the embedded
-default data, and the sandbox (one real call, with its guards). `CHECKS` is the
+pinned TensorRT-LLM needs, the engine built from the config, the model
+family's own needs (harmony: openai-harmony and its vocabulary's hash), the
+embedded default data, and the sandbox (one real call, with its guards). `CHECKS` is the
 list, in order: one function per check, taking the config and yielding its
 findings. `python -m submission doctor` prints them; the kernel runs them all as
 its preflight (submission/kernel.py), so a check added here runs there too.
@@ -87,6 +88,23 @@ def check_engine(config: Config) -> Iterator[Check]:
         yield Check("engine", "fail", f"{config.engine.kind}: {type(exc).__name__}: {exc}")
         return
     yield Check("engine", "ok", f"{config.engine.kind} ({type(engine).__name__}) built")
+
+
+def check_family(config: Config) -> Iterator[Check]:
+    """The harmony family: openai-harmony installed, and its vocabulary file's sha256."""
+    if config.prompt.family != "harmony":
+        return
+    from submission.families.harmony_vocab import (
+        VOCABULARY_FILE,
+        vocabulary_dir,
+        vocabulary_problem,
+    )
+
+    yield _package("openai_harmony")
+    folder = vocabulary_dir(config.prompt.harmony.vocabulary_dir)
+    problem = vocabulary_problem(folder)
+    detail = problem or f"{folder / VOCABULARY_FILE}: sha256 ok"
+    yield Check("harmony vocabulary", "fail" if problem else "ok", detail)
 
 
 def check_embedded_data(config: Config) -> Iterator[Check]:
@@ -212,6 +230,7 @@ CHECKS: list[Callable[[Config], Iterator[Check]]] = [
     check_engine_dir,
     check_trtllm_runtime,
     check_engine,
+    check_family,
     check_embedded_data,
     check_sandbox,
 ]

@@ -47,3 +47,16 @@ def kaggle_state_restored(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     for name in [n for n in sys.modules if n.startswith("kaggle_evaluation")]:
         del sys.modules[name]
     kaggle.configure(None)
+
+
+@pytest.fixture(scope="session")
+def harmony_dir() -> Path:
+    """The folder with o200k_base.tiktoken and gpt-oss's tokenizer.json, checked: the cache
+    folder the README's set-up command fills (`python -m submission vocab`), filled here the
+    same way when it is still empty."""
+    from submission.commands.vocab import prepare
+    from submission.families.harmony_vocab import cache_dir
+
+    folder = cache_dir()
+    prepare(folder)  # a no-op when the files are there and check out
+    return folder

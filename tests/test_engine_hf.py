@@ -139,3 +139,61 @@ async def test_chunked_prefill_gives_the_same_text(engine, model_dir):
         assert text_of(await collect(chunked, PROMPTS[2], greedy)) == whole
     finally:
         await chunked.close()
+
+
+def ids_of(chunks) -> list[int]:
+    return [token for chunk in chunks for token in chunk.token_ids]
+
+
+async def test_a_token_id_prompt_continues_as_its_text_does(engine):
+    greedy = SamplingParams(max_tokens=16, temperature=0.0)
+    by_text = await collect(engine, PROMPTS[0], greedy)
+    ids = engine.tokenizer.encode(PROMPTS[0], add_special_tokens=False)
+    by_ids = await collect(engine, ids, greedy)
+    assert engine.token_prompts is True
+    assert text_of(by_ids) == text_of(by_text)
+    assert ids_of(by_ids) == ids_of(by_text)
+    assert all(len(c.token_ids) == c.tokens == 1 for c in by_ids)  # one token per chunk
+    decoded = engine.tokenizer.decode(ids_of(by_ids), skip_special_tokens=False)
+    assert decoded == text_of(by_ids)
+
+
+async def test_a_stop_token_id_ends_the_stream_with_its_id_and_without_its_text(engine):
+    greedy = SamplingParams(max_tokens=16, temperature=0.0)
+    ids = ids_of(await collect(engine, PROMPTS[1], greedy))
+    stop = ids[5]
+    first = ids.index(stop)  # the first time greedy decoding writes it
+    chunks = await collect(
+        engine, PROMPTS[1], SamplingParams(max_tokens=16, temperature=0.0, stop_token_ids=(stop,))
+    )
+    assert (chunks[-1].finish_reason, chunks[-1].stop_token, chunks[-1].stop) == (
+        "stop",
+        stop,
+        None,
+    )
+    assert ids_of(chunks) == ids[: first + 1]  # its id is the last one reported
+    before = engine.tokenizer.decode(ids[:first], skip_special_tokens=False)
+    assert text_of(chunks) == before  # its text is not
+
+
+async def test_token_entropies_over_the_top_logprobs(engine, model_dir):
+    asked = SamplingParams(max_tokens=4, temperature=0.0, top_logprobs=5)
+    chunks = await collect(engine, PROMPTS[2], asked)
+    entropies = [e for c in chunks for e in c.token_entropies]
+    assert len(entropies) == 4
+    # The first token's, computed here from the model's own logits for the prompt.
+    ids = torch.tensor([engine.tokenizer.encode(PROMPTS[2], add_special_tokens=False)])
+    with torch.inference_mode():
+        logits = engine.model(input_ids=ids).logits[0, -1].float()
+    top = torch.log_softmax(logits, dim=-1).topk(5).values
+    assert entropies[0] == pytest.approx(float(-(top.exp() * top).sum()), rel=1e-4)
+    plain = await collect(engine, PROMPTS[2], SamplingParams(max_tokens=4, temperature=0.0))
+    assert all(c.token_entropies == () for c in plain)
+
+
+async def test_a_prompt_id_outside_the_vocabulary_is_an_error_not_a_crash(engine):
+    vocabulary = engine.model.config.vocab_size
+    chunks = await collect(engine, [1, 2, vocabulary + 5], SamplingParams(max_tokens=4))
+    assert chunks[-1].finish_reason == "error"
+    after = await collect(engine, PROMPTS[0], SamplingParams(max_tokens=3, temperature=0.0))
+    assert after[-1].finish_reason == "length"

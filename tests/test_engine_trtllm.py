@@ -75,7 +75,7 @@ def engine_for(engine_dir: Path, **overrides: str) -> TrtllmEngine:
 
 
 async def collect(
-    engine: TrtllmEngine, params: SamplingParams, prompt: str = PROMPT
+    engine: TrtllmEngine, params: SamplingParams, prompt: str | list[int] = PROMPT
 ) -> list[Chunk]:
     chunks = []
     async for chunk in engine.stream(prompt, params):
@@ -231,6 +231,44 @@ async def test_model_runner_fallback_streams_stops_and_cancels(
         assert model.requests[1]["aborted"] is True
     finally:
         await engine.close()
+
+
+@pytest.mark.parametrize(("version", "llm_api"), [("1.0.0", True), ("0.12.0", False)])
+async def test_token_id_prompts_and_a_stop_token_id(
+    tmp_path, tokenizer_dir, monkeypatch, version, llm_api
+):
+    """A prompt of ids goes to the engine as it is; a stop token id (not a stop string here)
+    ends the stream as `stop_token`, its id last in `token_ids`, its text left out."""
+    text = as_openmath(tora_generation(0))
+    engine_dir = make_engine_dir(tmp_path / "engine", tokenizer_dir, version=version)
+    model = fake_trt.install(
+        monkeypatch, engine_dir, lambda prompt: text, version=version, llm_api=llm_api
+    )
+    engine = engine_for(engine_dir)
+    await engine.start()
+    try:
+        tokenizer = model.tokenizer
+        prompt_ids = tokenizer.encode(PROMPT, add_special_tokens=False)
+        call = tokenizer.convert_tokens_to_ids("</tool_call>")
+        params = SamplingParams(max_tokens=4000, stop=STOPS, stop_token_ids=(call,))
+        chunks = await collect(engine, params, prompt_ids)
+    finally:
+        await engine.close()
+    assert engine.token_prompts is True
+    request = model.requests[0]
+    assert request.get("prompt_ids", getattr(request.get("request"), "input_token_ids", None)) == (
+        prompt_ids
+    )
+    before = text[: text.index("</tool_call>")]
+    assert joined(chunks) == before
+    assert (chunks[-1].finish_reason, chunks[-1].stop, chunks[-1].stop_token) == (
+        "stop",
+        None,
+        call,
+    )
+    ids = [t for c in chunks for t in c.token_ids]
+    assert ids == [*tokenizer.encode(before, add_special_tokens=False), call]
+    assert sum(c.tokens for c in chunks) == len(ids)
 
 
 async def test_batch_size_is_capped_at_the_engines(tmp_path, tokenizer_dir, monkeypatch):

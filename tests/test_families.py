@@ -103,3 +103,20 @@ def test_the_solver_says_at_start_when_the_engine_cannot_serve_the_family() -> N
     with pytest.raises(EngineError, match="renders token ids"):
         solver.check_ready()
     Solver(_TextOnlyEngine(), None, config, default_policy(config)).check_ready()  # openmath
+
+
+async def test_a_family_that_cannot_render_answers_the_fallback(tmp_path) -> None:
+    config = load_config(
+        overrides=["prompt.family=harmony", f"prompt.harmony.vocabulary_dir={tmp_path}"]
+    )
+    solver = Solver(_TextOnlyEngine(), None, config, default_policy(config))
+    result = await solver.solve("p1", "What is 2+2?", budget_s=10.0)
+    assert result.used_fallback
+    assert "render failed" in result.stop_reason and "o200k_base.tiktoken" in result.stop_reason
+
+
+def test_the_replay_engine_refuses_a_token_id_family() -> None:
+    from submission.engines.replay import ReplayEngine
+
+    with pytest.raises(EngineError, match="replay serves text-family recordings"):
+        ReplayEngine.from_config(load_config(overrides=["prompt.family=harmony"]))

@@ -106,6 +106,16 @@ def test_requirements_pin_everything_pyproject_needs() -> None:
         assert needed.specifier.contains(version), f"{needed.name}: pin {version} vs {line}"
 
 
+def test_the_harmony_pins_are_the_harmony_extra(tmp_path: Path) -> None:
+    import tomllib
+
+    extra = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert download.pins("requirements-harmony.txt") == extra["optional-dependencies"]["harmony"]
+    download.write_dataset_folder(tmp_path, False, "me/wheels", "wheels", with_harmony=True)
+    lines = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert lines[1:] == ["openai-harmony==0.0.8"]
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     sys.platform != "linux" or platform.machine() != "x86_64",

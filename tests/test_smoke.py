@@ -71,6 +71,7 @@ def test_smoke_passes_every_row_on_the_fake(tmp_path, tokenizer_dir, monkeypatch
         "draft acceptance",
         "stop at </tool_call>",
         "greedy self-stop",
+        "stop token id",
         "prefix cache",
         "cancel latency",
         "effective sampling",

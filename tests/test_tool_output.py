@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from submission.config import load_config
-from submission.families.base import ToolResult
+from submission.families.base import OutputLimits, ToolResult
 from submission.families.openmath import OPENMATH_OUTPUT, OpenmathFamily
-from submission.families.text import OutputLimits, PromptTemplate
+from submission.families.text import PromptTemplate
 from submission.families.tora import TORA_OUTPUT
 from submission.sandbox import Sandbox
 

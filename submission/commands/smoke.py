@@ -5,9 +5,11 @@ handful of real prompts (AIMO-3 reference problems) through the TIR loop, and
 prints one verdict row per property the run depends on:
 tokens/s at 1/8/16 streams; draft acceptance (tokens per engine step) where the
 engine counts steps; prefix-cache hits on a second identical prompt where it
-reports KV-cache stats; the cut at `</tool_call>` with the code run; a
+reports KV-cache stats; the cut at the family's tool-call stop (`</tool_call>`,
+`<|call|>`) with the code run; a
 greedy self-stop (the engine's own 10th token as a stop string, so any model,
-even random weights, exercises the cut); cancel latency; the effective
+even random weights, exercises the cut) and the same with a stop token id (where
+the engine reports ids); cancel latency; the effective
 sampling; and the sandbox after CUDA initialisation. Each row is pass, fail or
 n/a (not reported by this engine), with its reason. Exit code 1 on any fail.
 
@@ -215,6 +217,7 @@ async def run_smoke(
         ("tokens/s", smoke.throughput),
         (f"stop at {family.tool_call_stop}", smoke.tool_call_stop),
         ("greedy self-stop", smoke.self_stop),
+        ("stop token id", smoke.stop_token),
         ("prefix cache", smoke.prefix_cache),
         ("cancel latency", smoke.cancel_latency),
         ("effective sampling", smoke.effective_sampling),
@@ -371,6 +374,33 @@ class Smoke:
             "" if ok else f"; got {again!r}, stop {getattr(last, 'stop', None)!r}"
         )
         return [Row("greedy self-stop", "pass" if ok else "fail", detail)]
+
+    async def stop_token(self) -> list[Row]:
+        """Greedy ids, then the same request with its own 10th token id as a stop token id."""
+        greedy = replace(self.params, temperature=0.0, max_tokens=32, stop=())
+        chunks = [chunk async for chunk in self.engine.stream(self.prompt, greedy)]
+        ids = [token for chunk in chunks for token in chunk.token_ids]
+        if not ids:
+            return [Row("stop token id", "n/a", f"{self.engine.name} reports no token ids")]
+        if len(ids) < 10:
+            return [Row("stop token id", "fail", f"greedy run too short: {len(ids)} ids")]
+        stop = ids[9]
+        first = ids.index(stop)
+        again = [
+            chunk
+            async for chunk in self.engine.stream(
+                self.prompt, replace(greedy, stop_token_ids=(stop,))
+            )
+        ]
+        got = [token for chunk in again for token in chunk.token_ids]
+        last = again[-1]
+        ok = last.finish_reason == "stop" and last.stop_token == stop and got == ids[: first + 1]
+        detail = f"stop token {stop} after {first} tokens" + (
+            ""
+            if ok
+            else f"; got {len(got)} ids, {last.finish_reason}, stop_token {last.stop_token}"
+        )
+        return [Row("stop token id", "pass" if ok else "fail", detail)]
 
     async def prefix_cache(self) -> list[Row]:
         reused = getattr(self.engine, "reused_kv_blocks", None)

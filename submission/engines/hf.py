@@ -7,6 +7,11 @@ request leaves the batch at the next step. Sampling is per request
 (temperature, top-k, top-p, min-p, repetition penalty, seed), so parallel
 attempts differ as they do on the production engine. Slow next to TensorRT-LLM,
 but it runs wherever torch does (CPU in CI).
+
+A prompt is text or token ids (a family that renders tokens, e.g. harmony). Every
+chunk carries its token ids; a stop token id ends the stream with its id last in
+`token_ids` and its text left out; with `top_logprobs` each token's entropy over
+the model's top log-probabilities comes along (from the logits already computed).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from submission.config import Config, HfEngineConfig
-from submission.engines.base import Chunk, EngineError, SamplingParams
+from submission.engines.base import Chunk, EngineError, Prompt, SamplingParams
 from submission.engines.streamtext import IncrementalDecoder, StopMatcher
 
 log = logging.getLogger(__name__)
@@ -52,7 +57,7 @@ class HfEngine:
 
     name = "hf"
     greedy = False
-    token_prompts = False
+    token_prompts = True
 
     def __init__(self, config: HfEngineConfig) -> None:
         if not config.model:
@@ -111,17 +116,22 @@ class HfEngine:
         eos_ids.add(self.tokenizer.eos_token_id)
         self.eos_ids = {e for e in eos_ids if e is not None}
 
-    def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:
         return self._stream(prompt, params)
 
-    async def _stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+    async def _stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:
         if self._thread is None:
             yield Chunk("", 0, "error", error="hf: start() was not called")
             return
         loop = asyncio.get_running_loop()
         chunks: asyncio.Queue[Chunk] = asyncio.Queue()
+        prompt_ids = (
+            self.tokenizer.encode(prompt, add_special_tokens=False)
+            if isinstance(prompt, str)
+            else list(prompt)
+        )
         request = _Request(
-            prompt_ids=self.tokenizer.encode(prompt, add_special_tokens=False),
+            prompt_ids=prompt_ids,
             params=params,
             deliver=functools.partial(_deliver, loop, chunks),
             decoder=IncrementalDecoder(self.tokenizer),
@@ -207,7 +217,9 @@ class _Batch:
 
         engine = self.engine
         ids = torch.tensor([request.prompt_ids], device=engine.device)
-        cache = DynamicCache(config=engine.model.config)
+        # Full-length layers only, even for a model with sliding-window layers (gpt-oss): rows
+        # are joined by left-padding every layer to one length; the window comes from the mask.
+        cache = DynamicCache()
         # In chunks, keeping one position's logits: a 16k-token prompt in one pass would hold
         # gigabytes of attention scores (eager) and of logits.
         step = engine.config.prefill_chunk_tokens
@@ -222,7 +234,9 @@ class _Batch:
             request.generator.manual_seed(request.params.seed)
         mask = torch.ones((1, ids.shape[1]), dtype=torch.long, device=engine.device)
         self._join(request, cache, mask)
-        self._emit(len(self.requests) - 1, self._sample(output.logits[:, -1], [request])[0])
+        logits = output.logits[:, -1]
+        entropy = _entropies(logits, [request])[0]
+        self._emit(len(self.requests) - 1, self._sample(logits, [request])[0], entropy)
 
     def _join(self, request: _Request, cache: Any, mask: Any) -> None:
         import torch
@@ -254,7 +268,7 @@ class _Batch:
                 )
                 for a, b in zip(self.cache.layers, cache.layers, strict=True)
             ]
-            self.cache = DynamicCache(ddp_cache_data=layers, config=self.engine.model.config)
+            self.cache = DynamicCache(ddp_cache_data=layers)
             self.mask = torch.cat(
                 [left_pad(self.mask, length - old_len), left_pad(mask, length - new_len)]
             )
@@ -276,8 +290,10 @@ class _Batch:
             input_ids=tokens, attention_mask=mask, position_ids=positions, cache=self.cache
         )
         self.cache = _cache_of(output)
-        for row, token in enumerate(self._sample(output.logits[:, -1], self.requests)):
-            self._emit(row, token)
+        logits = output.logits[:, -1]
+        entropies = _entropies(logits, self.requests)
+        for row, token in enumerate(self._sample(logits, self.requests)):
+            self._emit(row, token, entropies[row])
         self.drop_finished()
 
     def _sample(self, logits: Any, requests: list[_Request]) -> list[int]:
@@ -326,7 +342,7 @@ class _Batch:
         picked = torch.where(greedy.unsqueeze(1), torch.zeros_like(picked), picked)
         return order.gather(1, picked).view(rows).tolist()
 
-    def _emit(self, row: int, token: int) -> None:
+    def _emit(self, row: int, token: int, entropy: float | None = None) -> None:
         """Record `token` for `row`; deliver its text, and the end when it ends the request."""
         import torch
 
@@ -336,23 +352,32 @@ class _Batch:
         if request.params.repetition_penalty != 1.0:
             new = torch.tensor([token], device=request.seen_ids.device)
             request.seen_ids = torch.cat([request.seen_ids, new])
+        ids: dict[str, Any] = {"token_ids": (token,)}
+        if entropy is not None:
+            ids["token_entropies"] = (entropy,)
+        if token in request.params.stop_token_ids:
+            # The stop token's own text is left out; what was pending before it is not.
+            text, stop = request.matcher.feed(request.decoder.flush())
+            text += "" if stop else request.matcher.flush()
+            self._finish(row, Chunk(text, 1, "stop", stop=stop, stop_token=token, **ids))
+            return
         if token in self.engine.eos_ids:
             text, stop = request.matcher.feed(request.decoder.flush())
             eos_text = self.engine.tokenizer.convert_ids_to_tokens(token)
             stop = stop or (eos_text if eos_text in request.params.stop else None)
-            self._finish(
-                row, Chunk(text + ("" if stop else request.matcher.flush()), 1, "stop", stop)
-            )
+            text += "" if stop else request.matcher.flush()
+            self._finish(row, Chunk(text, 1, "stop", stop, **ids))
             return
         text, stop = request.matcher.feed(request.decoder.add([token]))
         if stop is not None:
-            self._finish(row, Chunk(text, 1, "stop", stop=stop))
+            self._finish(row, Chunk(text, 1, "stop", stop=stop, **ids))
         elif request.produced >= request.params.max_tokens:
             tail, stop = request.matcher.feed(request.decoder.flush())
             tail += "" if stop else request.matcher.flush()
-            self._finish(row, Chunk(text + tail, 1, "stop" if stop else "length", stop=stop))
+            reason = "stop" if stop else "length"
+            self._finish(row, Chunk(text + tail, 1, reason, stop=stop, **ids))
         else:
-            request.deliver(Chunk(text, 1))
+            request.deliver(Chunk(text, 1, **ids))
 
     def _finish(self, row: int, chunk: Chunk) -> None:
         request = self.requests[row]
@@ -386,6 +411,23 @@ class _Batch:
                 request.deliver(Chunk("", 0, "error", error=message))
         self.requests, self.last_tokens, self.cache, self.mask = [], [], None, None
         self.padded = False
+
+
+def _entropies(logits: Any, requests: list[_Request]) -> list[float | None]:
+    """Per row, the entropy (nats) over the model's top-`top_logprobs` log-probabilities of
+    the next token (the raw distribution, before temperature and filters, as vLLM reports
+    logprobs), not renormalised; None for a request that did not ask. One host sync."""
+    import torch
+
+    wanted = [r.params.top_logprobs for r in requests]
+    if not any(wanted):
+        return [None] * len(requests)
+    k = min(max(wanted), logits.shape[-1])
+    top = torch.log_softmax(logits.float(), dim=-1).topk(k, dim=-1).values
+    rank = torch.arange(top.shape[1], device=top.device).unsqueeze(0)
+    keep = rank < torch.tensor(wanted, device=top.device).unsqueeze(1)
+    entropy = -(top.exp() * top).masked_fill(~keep, 0.0).sum(dim=-1)
+    return [float(e) if k else None for e, k in zip(entropy.tolist(), wanted, strict=True)]
 
 
 def _cache_of(output: Any) -> Any:

@@ -13,7 +13,9 @@ that API is missing or, before 0.19, cannot abort a request.
 Stop strings: single-token ones (`</tool_call>`, `<|im_end|>` in Qwen2.5) go
 to the engine as stop token ids, the rest as stop strings; the engine keeps the
 stop text in its output (`include_stop_str_in_output`) and `StopMatcher` cuts
-it, so a stop string is never half-streamed before the engine trims it.
+it, so a stop string is never half-streamed before the engine trims it. Stop
+token ids asked for (harmony's `<|call|>`) go the same way and come back as
+`Chunk.stop_token`. A prompt may be token ids (the engine takes them as they are).
 Sources of every TensorRT-LLM fact: docs/engines.md.
 """
 
@@ -28,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from submission.config import Config, TrtllmEngineConfig
-from submission.engines.base import Chunk, EngineError, SamplingParams
+from submission.engines.base import Chunk, EngineError, Prompt, SamplingParams
 from submission.engines.trtllm_backends import (
     DecodeCounters,
     LlmApiBackend,
@@ -57,7 +59,7 @@ class TrtllmEngine:
         self.engine_dir = Path(config.engine_dir)
         self.tokenizer_dir = Path(config.tokenizer_dir or config.engine_dir)
         self.greedy = False
-        self.token_prompts = False
+        self.token_prompts = True
         self.facts: EngineFacts | None = None
         self._backend: LlmApiBackend | RunnerBackend | None = None
         self.tokenizer: Any = None
@@ -134,15 +136,19 @@ class TrtllmEngine:
             single_process=self.config.single_process,
         )
 
-    def stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+    def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:
         return self._stream(prompt, params)
 
-    async def _stream(self, prompt: str, params: SamplingParams) -> AsyncIterator[Chunk]:
+    async def _stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:
         if self._backend is None or self.facts is None:
             yield Chunk("", 0, "error", error="trtllm: start() was not called")
             return
         try:
-            prompt_ids = self.tokenizer.encode(prompt, add_special_tokens=False)
+            prompt_ids = (
+                self.tokenizer.encode(prompt, add_special_tokens=False)
+                if isinstance(prompt, str)
+                else list(prompt)
+            )
         except Exception as exc:
             yield Chunk("", 0, "error", error=f"trtllm: cannot tokenize the prompt: {exc}")
             return
@@ -172,6 +178,10 @@ class TrtllmEngine:
             else:
                 strings.append(stop)
         return ids, strings
+
+    def stop_token_texts(self, token_ids: tuple[int, ...]) -> dict[str, int]:
+        """How each stop token id shows in the engine's text (special tokens kept) -> the id."""
+        return {self.tokenizer.decode([t], skip_special_tokens=False): t for t in token_ids}
 
     def reused_kv_blocks(self) -> int | None:
         """KV-cache blocks served from the prefix cache so far, where the engine reports it."""

@@ -7,6 +7,10 @@ aborts with `.abort()`; `RunnerBackend` enqueues executor requests through
 cut the text at the first stop string (a drafter can stream tokens past it in
 the same step, with an empty `stop_reason`), count only the tokens up to the
 stop, and put the effective sampling in the first chunk's `meta["sampling"]`.
+Stop token ids (`SamplingParams.stop_token_ids`) go to the engine with the
+single-token stop strings; the engine keeps a stop token in its output (ids and
+text), so its text is cut like a stop string's and reported as `stop_token`.
+Every chunk carries the ids of the tokens it counts.
 Sources of every TensorRT-LLM fact: docs/engines.md.
 """
 
@@ -102,6 +106,34 @@ class TrtllmEngine(Protocol):
 
     def stop_text(self, reason: int | str | None) -> str | None: ...
 
+    def stop_token_texts(self, token_ids: tuple[int, ...]) -> dict[str, int]: ...
+
+
+@dataclass(frozen=True)
+class RequestStops:
+    """One request's stops: the strings asked for, and the stop token ids with their text."""
+
+    strings: tuple[str, ...]
+    token_texts: dict[str, int]  # the text a stop token id shows in the output -> the id
+
+    @classmethod
+    def of(cls, engine: TrtllmEngine, params: SamplingParams) -> RequestStops:
+        return cls(params.stop, engine.stop_token_texts(params.stop_token_ids))
+
+    def matcher(self) -> StopMatcher:
+        extra = tuple(text for text in self.token_texts if text not in self.strings)
+        return StopMatcher((*self.strings, *extra))
+
+    def token_text(self, reason: int | str | None) -> str | None:
+        """The text of the stop token id an engine's `stop_reason` names, if it is one."""
+        return next((text for text, token in self.token_texts.items() if token == reason), None)
+
+    def fields(self, matched: str | None) -> dict[str, Any]:
+        """The chunk fields for what ended the stream: a stop string, or a stop token."""
+        if matched is not None and matched not in self.strings and matched in self.token_texts:
+            return {"stop": None, "stop_token": self.token_texts[matched]}
+        return {"stop": matched}
+
 
 class SamplingNotes:
     """Turns SamplingParams into the engine's fields, warning once about what it ignores."""
@@ -161,6 +193,7 @@ class LlmApiBackend:
 
     def sampling_params(self, params: SamplingParams, max_tokens: int) -> tuple[Any, str]:
         stop_ids, stop_strings = self.engine.split_stops(params.stop)
+        stop_ids += [t for t in params.stop_token_ids if t not in stop_ids]
         sampling = self.notes(params)
         sent = self.sampling_params_class(
             max_tokens=max_tokens,  # TensorRT-LLM's default is 32
@@ -180,7 +213,8 @@ class LlmApiBackend:
     async def stream(
         self, prompt_ids: list[int], params: SamplingParams, max_tokens: int
     ) -> AsyncIterator[Chunk]:
-        matcher = StopMatcher(params.stop)
+        stops = RequestStops.of(self.engine, params)
+        matcher = stops.matcher()
         counters = self.engine.counters
         tokenizer = self.engine.tokenizer
         result = None
@@ -197,18 +231,28 @@ class LlmApiBackend:
                 if stop is not None:
                     kept = tokens_up_to_stop(tokenizer, new_ids, matcher.past_stop)
                     counters.add(kept)
-                    yield Chunk(text, kept, "stop", stop=stop, meta=meta)
+                    ids = tuple(new_ids[:kept])
+                    yield Chunk(text, kept, "stop", token_ids=ids, meta=meta, **stops.fields(stop))
                     return
                 counters.add(len(new_ids))
                 if output.finished:
                     reason = FINISH_REASONS.get(completion.finish_reason, "error")
-                    stop = self.engine.stop_text(completion.stop_reason)
+                    why = completion.stop_reason
+                    stop = self.engine.stop_text(why) or stops.token_text(why)
                     tail = "" if stop is not None else matcher.flush()
                     error = f"trtllm: {completion.finish_reason}" if reason == "error" else None
-                    yield Chunk(text + tail, len(new_ids), reason, stop, error, meta)
+                    yield Chunk(
+                        text + tail,
+                        len(new_ids),
+                        reason,
+                        error=error,
+                        token_ids=tuple(new_ids),
+                        meta=meta,
+                        **stops.fields(stop),
+                    )
                     return
                 if text or new_ids:
-                    yield Chunk(text, len(new_ids), meta=meta)
+                    yield Chunk(text, len(new_ids), token_ids=tuple(new_ids), meta=meta)
                     meta = {}
             yield Chunk(matcher.flush(), 0, "error", error="trtllm: stream ended unfinished")
         except Exception as exc:  # the engine's errors end this stream, never the harness
@@ -288,6 +332,7 @@ class RunnerBackend:
         b = self.bindings
         tokenizer = self.engine.tokenizer
         stop_ids, stop_strings = self.engine.split_stops(params.stop)
+        stop_ids += [t for t in params.stop_token_ids if t not in stop_ids]
         stop_words = [[token] for token in stop_ids] + [
             tokenizer.encode(s, add_special_tokens=False) for s in stop_strings
         ]
@@ -319,7 +364,8 @@ class RunnerBackend:
     ) -> AsyncIterator[Chunk]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        matcher = StopMatcher(params.stop)
+        stops = RequestStops.of(self.engine, params)
+        matcher = stops.matcher()
         tokenizer = self.engine.tokenizer
         decoder = IncrementalDecoder(tokenizer)
         counters = self.engine.counters
@@ -347,7 +393,8 @@ class RunnerBackend:
                     done = result.is_final
                     kept = tokens_up_to_stop(tokenizer, new_ids, matcher.past_stop)
                     counters.add(kept)
-                    yield Chunk(text, kept, "stop", stop=stop, meta=meta)
+                    ids = tuple(new_ids[:kept])
+                    yield Chunk(text, kept, "stop", token_ids=ids, meta=meta, **stops.fields(stop))
                     return
                 counters.add(len(new_ids))
                 if result.is_final:
@@ -364,10 +411,17 @@ class RunnerBackend:
                     )
                     tail, stop_text = matcher.feed(decoder.flush())
                     tail += "" if stop_text else matcher.flush()
-                    yield Chunk(text + tail, len(new_ids), reason, stop=stop_text, meta=meta)
+                    yield Chunk(
+                        text + tail,
+                        len(new_ids),
+                        reason,
+                        token_ids=tuple(new_ids),
+                        meta=meta,
+                        **stops.fields(stop_text),
+                    )
                     return
                 if text or new_ids:
-                    yield Chunk(text, len(new_ids), meta=meta)
+                    yield Chunk(text, len(new_ids), token_ids=tuple(new_ids), meta=meta)
                     meta = {}
         except Exception as exc:
             log.warning("trtllm: request failed: %s", exc)

@@ -22,6 +22,10 @@ from typing import Protocol
 Prompt = str | Sequence[int]
 
 
+# Statuses of a sandbox call whose session process did not finish the cell.
+DEAD_STATUSES = frozenset({"timeout", "killed", "crashed"})
+
+
 class FamilyError(RuntimeError):
     """A family that cannot work here (a missing package or vocabulary), with the reason."""
 
@@ -50,6 +54,14 @@ class ToolCall:
     """
 
     code: str | None
+
+
+@dataclass(frozen=True)
+class OutputLimits:
+    """How much of a call's output the model is shown (tir.max_output_chars, then the marker)."""
+
+    max_chars: int
+    marker: str
 
 
 @dataclass(frozen=True)

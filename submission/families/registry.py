@@ -16,6 +16,7 @@ from submission.families.base import FamilyError, ModelFamily
 FAMILIES: dict[str, str] = {
     "openmath": "submission.families.openmath:OpenmathFamily",
     "tora": "submission.families.tora:ToraFamily",
+    "harmony": "submission.families.harmony:HarmonyFamily",
 }
 
 

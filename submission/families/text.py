@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from submission.answer import extract_answer, last_boxed
 from submission.config import Config, PromptConfig
-from submission.families.base import StreamChunk, ToolCall, ToolResult
+from submission.families.base import OutputLimits, Prompt, StreamChunk, ToolCall, ToolResult
 from submission.families.text_output import OutputFormat
 
 # How much recent text the per-chunk box check looks at (a boxed integer is short).
@@ -87,14 +87,6 @@ class PromptTemplate:
         return prompt[len(self.render(problem)) :]
 
 
-@dataclass(frozen=True)
-class OutputLimits:
-    """How much of each output stream the model is shown (tir.max_output_chars, its marker)."""
-
-    max_chars: int
-    marker: str
-
-
 class TextFamily:
     """A family that prompts with text and marks code with tags; subclasses give the tags."""
 
@@ -135,7 +127,7 @@ class TextFamily:
     def render(self, problem: str) -> str:
         return self.template.render(problem)
 
-    def new_transcript(self, prompt: object) -> TextTranscript:
+    def new_transcript(self, prompt: Prompt) -> TextTranscript:
         if not isinstance(prompt, str):
             raise TypeError(f"the {self.name} family continues text, not {type(prompt).__name__}")
         return TextTranscript(self, prompt)

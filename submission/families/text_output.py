@@ -13,8 +13,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# Statuses of a call whose session process did not finish the cell.
-_DEAD = frozenset({"timeout", "killed", "crashed"})
+from submission.families.base import DEAD_STATUSES
+
 # Where an IPython-Plain traceback starts in stderr (runtime error, SystemExit); a
 # syntax error's report has neither header, so then all of stderr is the report.
 _TRACEBACK_HEADERS = ("Traceback (most recent call last):", "An exception has occurred")
@@ -46,7 +46,7 @@ class OutputFormat:
 
     def render(self, stdout: str, stderr: str, status: str, max_chars: int, marker: str) -> str:
         """The text inside the output block for one call."""
-        if status in _DEAD and self.dead_text:
+        if status in DEAD_STATUSES and self.dead_text:
             return self.dead_text
         if self.traceback_with_stdout and status == "error":
             user_stderr, traceback = _split_traceback(stderr)
