@@ -75,6 +75,9 @@ class ProfileConfig:
     # Kaggle accelerator for the kernel (kaggle_metadata.json machine_shape; AIMO-3: 1x H100,
     # AIMO-2: 4x L4, which the Kaggle CLI calls "NvidiaL4"; "NvidiaL4X1" is a single L4).
     machine_shape: Annotated[str, NonEmpty()] = "NvidiaH100"
+    # GPUs that machine has (AIMO-3: 1 H100 80 GB; AIMO-2: 4 L4 24 GB): an engine built for
+    # fewer leaves some idle (the doctor warns; docs/kaggle.md, first-push checklist).
+    gpus: Annotated[int, Range(ge=1)] = 1
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -87,6 +90,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gateway_class": "AIMO2InferenceServer",
         "competition_dir": "/kaggle/input/ai-mathematical-olympiad-progress-prize-2",
         "machine_shape": "NvidiaL4",
+        "gpus": 4,
     },
 }
 

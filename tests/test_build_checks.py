@@ -213,3 +213,15 @@ def test_the_sample_config_pins_what_offline_wheels_installs() -> None:
     assert pipeline.check_runtime_version("drafter", config.checks.tensorrt_llm_version) == []
     default = pipeline.PipelineConfig().checks.tensorrt_llm_version
     assert config.checks.tensorrt_llm_version == default
+
+
+def test_the_drafter_is_split_as_the_quantized_checkpoint(
+    tmp_path: Path, tools_on_path: None
+) -> None:
+    """AIMO-2's four L4s: quantize over 4 and convert the drafter with --tp_size 4, never mixed."""
+    config = ready_work_dir(tmp_path)
+    config.quantize.num_gpus, config.drafter.tp_size = 4, 1
+    (problem,) = check("drafter", config)
+    assert "quantize.num_gpus (4) and drafter.tp_size (1) differ" in problem
+    config.drafter.tp_size = 4
+    assert check("drafter", config) == []
