@@ -189,6 +189,7 @@ def plan_rehearsal(args: argparse.Namespace) -> Plan:
 
 
 def run(args: argparse.Namespace) -> int:
+    args.out = args.out.resolve()  # the log paths printed stay valid from any folder
     try:
         plan = plan_rehearsal(args)
     except RehearsalInputError as exc:
