@@ -1,7 +1,7 @@
 """Build the offline wheelhouse: a Kaggle dataset folder the kernel installs with no index.
 
     python offline_wheels/download.py --out DIR [--python-version 3.12] [--with-trtllm]
-        [--with-harmony] [--dataset-id OWNER/SLUG] [--title TITLE]
+        [--with-harmony] [--with-vllm] [--dataset-id OWNER/SLUG] [--title TITLE]
 
 The dataset's id and title default to the config's identity (submission/kaggle.toml
 [kaggle]: owner/wheels_slug, wheels_title), as kaggle_metadata.json's dataset sources do.
@@ -10,7 +10,7 @@ DIR gets:
   wheels/*.whl           binary wheels for the Kaggle image (pip download --only-binary=:all:
                          --python-version X --platform manylinux...), and our own wheel
   requirements.txt       what the kernel installs: our package (and TensorRT-LLM,
-                         openai-harmony), pinned
+                         openai-harmony, vLLM), pinned
   tiktoken_encodings/    with --with-harmony: o200k_base.tiktoken, the harmony family's
                          vocabulary (official URL, else rebuilt from gpt-oss's tokenizer;
                          hash-checked: `python -m submission vocab`)
@@ -128,7 +128,12 @@ def pins(requirements: str) -> list[str]:
 
 
 def write_dataset_folder(
-    out: Path, with_trtllm: bool, dataset_id: str, title: str, with_harmony: bool = False
+    out: Path,
+    with_trtllm: bool,
+    dataset_id: str,
+    title: str,
+    with_harmony: bool = False,
+    with_vllm: bool = False,
 ) -> None:
     name, version = project_version()
     lines = [f"{name}=={version}"]
@@ -136,6 +141,8 @@ def write_dataset_folder(
         lines += pins("requirements-trtllm.txt")
     if with_harmony:
         lines += pins("requirements-harmony.txt")
+    if with_vllm:
+        lines += pins("requirements-vllm.txt")
     (out / "requirements.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     shutil.copy2(HERE / "install.sh", out / "install.sh")
     metadata = {"title": title, "id": dataset_id, "licenses": [{"name": "other"}]}
@@ -178,6 +185,7 @@ def build_wheelhouse(
     dataset_id: str | None = None,
     title: str | None = None,
     with_harmony: bool = False,
+    with_vllm: bool = False,
 ) -> Path:
     wheels = out / "wheels"
     wheels.mkdir(parents=True, exist_ok=True)
@@ -202,6 +210,11 @@ def build_wheelhouse(
         )
         for line in prepare(out / DATASET_FOLDER, with_tokenizer=False):
             LOG.info("%s", line)
+    if with_vllm:
+        subprocess.run(
+            download_command(HERE / "requirements-vllm.txt", wheels, python_version, platforms),
+            check=True,
+        )
     build_own_wheel(wheels)
     kaggle = identity()
     dataset_id = dataset_id or kaggle.dataset_id(kaggle.wheels_slug)
@@ -212,7 +225,8 @@ def build_wheelhouse(
             "`kaggle datasets create`",
             PLACEHOLDER_OWNER,
         )
-    write_dataset_folder(out, with_trtllm, dataset_id, title or kaggle.wheels_title, with_harmony)
+    title = title or kaggle.wheels_title
+    write_dataset_folder(out, with_trtllm, dataset_id, title, with_harmony, with_vllm)
     LOG.info("wheelhouse ready: %d wheels in %s", len(list(wheels.glob("*.whl"))), wheels)
     return out
 
@@ -235,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         help="add openai-harmony and its vocabulary (the harmony family, gpt-oss)",
     )
     parser.add_argument(
+        "--with-vllm",
+        action="store_true",
+        help="add vLLM (requirements-vllm.txt) for engine.server.kind = vllm",
+    )
+    parser.add_argument(
         "--dataset-id", default=None, help="default: the config's [kaggle] owner/wheels_slug"
     )
     parser.add_argument("--title", default=None, help="default: the config's wheels_title")
@@ -252,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dataset_id,
             args.title,
             args.with_harmony,
+            args.with_vllm,
         )
     except (subprocess.CalledProcessError, RuntimeError, VocabularyError, OSError) as exc:
         LOG.error("%s", exc)

@@ -21,6 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run problems through the gateway replay (default: embedded GSM8K + replay engine)",
     ),
     "simulate": ("submission.commands.simulate", "replay attempt logs as whole competition runs"),
+    "collect": (
+        "submission.commands.collect",
+        "run a problems CSV through the harness, every attempt to its end: an attempt log",
+    ),
     "bench": ("submission.commands.bench", "benchmarks: sandbox, harness"),
     "fidelity": ("submission.commands.fidelity", "re-run recorded code blocks, compare outputs"),
     "doctor": (

@@ -96,12 +96,30 @@ def calibrate_engine(frame: pl.DataFrame, concurrency: int, contention: float) -
     r is a stream's decode rate at the recorded concurrency; R1 undoes that
     concurrency's slow-down: R1 = r * (1 + a*(concurrency-1)). Charging the code
     calls their own time keeps the long, code-heavy attempts from reading as a
-    slow engine (on hard50: r = 62.5 tokens/s, c = 2.1 s per call).
+    slow engine (on hard50: r = 62.5 tokens/s, c = 2.1 s per call). A log that
+    records each attempt's own mean concurrency (`collect` writes a `concurrency`
+    column) has each attempt's tokens weighted by its own slow-down instead:
+    time_s = tokens * (1 + a*(n_i - 1)) / R1 + code_calls * c.
     """
     timed = frame.filter(pl.col("time_s") > 0)
     if timed.height == 0:
         raise AttemptLogError("no attempt with time_s > 0 to calibrate the engine's speed from")
-    tokens = timed["tokens"].cast(pl.Float64)
+    if recorded_concurrency(timed):
+        slowdown = 1.0 + contention * (timed["concurrency"].cast(pl.Float64) - 1.0).clip(0.0)
+        return _fit_rate(timed, timed["tokens"].cast(pl.Float64) * slowdown)
+    rate = _fit_rate(timed, timed["tokens"].cast(pl.Float64))
+    return EngineCalibration(
+        rate.single_stream_rate * (1.0 + contention * (concurrency - 1)), rate.code_call_s
+    )
+
+
+def recorded_concurrency(frame: pl.DataFrame) -> bool:
+    """Whether every attempt records the streams in flight while it ran."""
+    return "concurrency" in frame.columns and frame["concurrency"].null_count() == 0
+
+
+def _fit_rate(timed: pl.DataFrame, tokens: pl.Series) -> EngineCalibration:
+    """Least squares of time_s on (weighted) tokens and code calls: 1/seconds-per-token and c."""
     calls = (
         timed["code_calls"].cast(pl.Float64).fill_null(0.0)
         if "code_calls" in timed.columns
@@ -120,8 +138,7 @@ def calibrate_engine(frame: pl.DataFrame, concurrency: int, contention: float) -
     if per_token <= 0 or per_call < 0:
         # Calls that explain all the time (or negative call time): charge tokens only.
         per_token, per_call = sty / stt, 0.0
-    rate = 1.0 / per_token
-    return EngineCalibration(rate * (1.0 + contention * (concurrency - 1)), per_call)
+    return EngineCalibration(1.0 / per_token, per_call)
 
 
 def engine_calibration(frame: pl.DataFrame, sim: SimEngineConfig) -> EngineCalibration:

@@ -21,6 +21,7 @@ known one ("did you mean").
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import typing
 from collections.abc import Callable
@@ -157,6 +158,9 @@ class GenerationConfig:
     repetition_penalty: Annotated[float, Range(gt=0)] = 1.0
     # Attempt i of a problem samples with seed base_seed + i.
     base_seed: Annotated[int, Range(ge=0)] = 0
+    # Top log-probabilities per token the engine is asked for (0 = none); each attempt keeps
+    # the mean entropy over them (the entropy vote, early_stop.selection = "entropy").
+    top_logprobs: Annotated[int, Range(ge=0, le=20)] = 0
     stop: Annotated[tuple[str, ...], NoEmptyItems()] = ("<|im_end|>", "<|endoftext|>")
 
 
@@ -234,6 +238,10 @@ class EarlyStopConfig:
     contention: Annotated[float, Range(ge=0)] = ENGINE_CONTENTION
     # Each vote weighs (1 + code errors) ** -error_power; 0 = plain majority.
     error_power: Annotated[float, Range(ge=0)] = 0.5
+    # How votes are counted: "errors" (weighed by error_power, above) or "entropy" (each vote
+    # weighs 1 / its attempt's mean entropy, the AIMO-3 anchor's logprob vote: needs
+    # generation.top_logprobs > 0 and an engine that reports logprobs; docs/policy.md).
+    selection: Literal["errors", "entropy"] = "errors"
 
 
 @dataclass
@@ -383,18 +391,59 @@ class HfEngineConfig:
 
 @dataclass
 class OpenaiEngineConfig:
-    """Any OpenAI-compatible completions server (trtllm-serve, vLLM, SGLang)."""
+    """Any OpenAI-compatible completions server (vLLM, SGLang, trtllm-serve, transformers serve)."""
 
     base_urls: Annotated[
         tuple[str, ...], NonEmpty(), Pattern(r"https?://\S+", "http://HOST:PORT/v1")
     ] = ("http://127.0.0.1:8000/v1",)
-    model: str = ""
+    model: str = ""  # empty = the first id of the server's GET /models
+    # Which request fields beyond OpenAI's API the servers take (engines/openai_dialects.py):
+    # "auto" = learnt from each server's GET /models `owned_by` (vllm, sglang, tensorrt_llm;
+    # anything else is "plain": OpenAI's fields only, e.g. transformers serve).
+    dialect: Literal["auto", "vllm", "sglang", "trtllm", "plain"] = "auto"
     api_key: str = "EMPTY"
     max_retries: Annotated[int, Range(ge=0)] = 5
     request_timeout_s: Annotated[float, Range(gt=0)] = 3600.0
     connect_timeout_s: Annotated[float, Range(gt=0)] = 10.0
     # Backoff before retry n (n = 1, 2, ...): retry_backoff_s * 2**(n-1), at most 30 s.
     retry_backoff_s: Annotated[float, Range(ge=0)] = 0.5
+
+
+@dataclass
+class ModelServerConfig:
+    """A model server the openai engine starts as a subprocess (submission/model_server.py)."""
+
+    # "none" = a server someone else runs (engine.openai.base_urls); else the one to start:
+    # vllm (`python -m vllm.entrypoints.openai.api_server`), sglang (`-m sglang.launch_server`)
+    # or transformers (`transformers serve`, the CPU stand-in the tests launch).
+    kind: Literal["none", "vllm", "sglang", "transformers"] = "none"
+    model: str = ""  # the weights folder (a /kaggle/input/... path moves with the tree)
+    served_model_name: str = ""  # "" = the server's default (the model path)
+    host: str = "127.0.0.1"
+    port: Annotated[int, Range(ge=1, le=65535)] = 8000
+    # Extra flags after ours; each is checked against the server's own parser's flag list
+    # (submission/data/server_flags/<kind>.json) before anything starts.
+    args: tuple[str, ...] = ()
+    # Fraction of the GPU the server may take. The notebooks that served gpt-oss-120b on one
+    # H100 used 0.94-0.96 ("any higher may not have enough for graph capture").
+    gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.94
+    # Sequences decoded at once; 0 = the policy's attempts per problem (solver.attempts).
+    max_num_seqs: Annotated[int, Range(ge=0)] = 0
+    # Seconds to wait for health (GET /health, then /v1/models); the notebooks waited 15 min.
+    startup_timeout_s: Annotated[float, Range(gt=0)] = 900.0
+    health_poll_s: Annotated[float, Range(gt=0)] = 1.0
+    # Restarts after the server dies (at start or while serving).
+    restarts: Annotated[int, Range(ge=0)] = 1
+    # Read the weights once into the page cache before the server starts (the notebooks did).
+    preread_weights: bool = True
+    # Extra environment for the server, NAME=VALUE (TIKTOKEN_ENCODINGS_BASE is passed on
+    # from ours).
+    env: Annotated[tuple[str, ...], Pattern(r"[A-Za-z_][A-Za-z0-9_]*=.*", "NAME=VALUE")] = ()
+    # After SIGTERM to the server's process group, seconds before SIGKILL.
+    stop_grace_s: Annotated[float, Range(ge=0)] = 10.0
+    # What runs instead of the kind's module: a .py file (the tests' stand-in server); it
+    # gets the same flags. "" = the kind's own entry point.
+    entrypoint: str = ""
 
 
 @dataclass
@@ -405,6 +454,8 @@ class EngineConfig:
     trtllm: TrtllmEngineConfig = field(default_factory=TrtllmEngineConfig)
     hf: HfEngineConfig = field(default_factory=HfEngineConfig)
     openai: OpenaiEngineConfig = field(default_factory=OpenaiEngineConfig)
+    # The model server the openai engine starts (kind "none": it starts none).
+    server: ModelServerConfig = field(default_factory=ModelServerConfig)
 
 
 @dataclass
@@ -463,6 +514,25 @@ def kaggle_slugify(title: str) -> str:
 
 
 @dataclass
+class CollectConfig:
+    """`python -m submission collect`: every attempt of every problem run to its own end."""
+
+    # Attempts per problem (the simulator draws the Solver's K from these; the public
+    # AIMO-3 logs hold 24).
+    attempts: Annotated[int, Range(ge=1)] = 16
+    # Attempts in flight at once, across problems: enough to keep a server's batch full
+    # (an in-process engine also needs its batch size raised to match, e.g.
+    # engine.hf.max_batch_size).
+    concurrency: Annotated[int, Range(ge=1)] = 64
+    # Wall cap per attempt (s); the token cap is generation.max_tokens. An attempt past
+    # it ends with finish reason "timeout" and no answer, like the public logs' cut-off.
+    attempt_timeout_s: Annotated[float, Range(gt=0)] = 3600.0
+    # fsync every committed row: a row survives the machine's crash, not only the
+    # process's (0.3 ms per row on the development box's disk, docs/own-model.md).
+    fsync: bool = True
+
+
+@dataclass
 class Config:
     profile: ProfileConfig = field(default_factory=ProfileConfig)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -475,6 +545,7 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     kaggle: KaggleConfig = field(default_factory=KaggleConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
 
 
 # Rules that tie fields together: (what must hold, in words, and the test of it).
@@ -542,6 +613,34 @@ def load_config(
 def as_dict(config: Config) -> dict[str, Any]:
     """The config as plain data (for logs and reports)."""
     return dataclasses.asdict(config)
+
+
+def config_toml(config: Config, always: typing.Collection[str] = ()) -> str:
+    """The fields that differ from the profile's defaults, and the dotted fields `always`
+    names, as TOML (JSON scalars are TOML). `load_config(profile, that file)` gives
+    `config` back.
+    """
+    defaults = as_dict(load_config(config.profile.name))
+    lines: list[str] = []
+
+    def emit(section: str, values: dict[str, Any], base: dict[str, Any]) -> None:
+        scalars = {
+            k: v
+            for k, v in values.items()
+            if not isinstance(v, dict) and (v != base[k] or f"{section}.{k}" in always)
+        }
+        if scalars:
+            lines.append(f"[{section}]")
+            lines.extend(
+                f"{key} = {json.dumps(list(v) if isinstance(v, tuple) else v)}"
+                for key, v in scalars.items()
+            )
+        for key, value in values.items():
+            if isinstance(value, dict):
+                emit(f"{section}.{key}" if section else key, value, base[key])
+
+    emit("", as_dict(config), defaults)
+    return "\n".join(lines) + "\n"
 
 
 def add_config_arguments(parser: Any) -> None:

@@ -3,10 +3,12 @@
 Each check is reported as ok / warn / fail with a one-line reason: the Python
 version, the runtime packages, the optional engine's package, a GPU, the
 engine folder and its manifest (for `trtllm`), what the engine was built with
-against the run (prefix reuse, its GPUs against the machine's), the interpreter and MPI the
-pinned TensorRT-LLM needs, the engine built from the config, the model
-family's own needs (harmony: openai-harmony and its vocabulary's hash), the
-embedded default data, and the sandbox (one real call, with its guards). `CHECKS` is the
+against the run (prefix reuse, its GPUs against the machine's), the interpreter
+and MPI the pinned TensorRT-LLM needs, the engine built from the config, the
+model server the openai engine would start (its package, the weights folder, a
+free port), the model family's own needs (harmony: openai-harmony and its
+vocabulary's hash), the embedded default data, and the sandbox (one real call,
+with its guards). `CHECKS` is the
 list, in order: one function per check, taking the config and yielding its
 findings. `python -m submission doctor` prints them; the kernel runs them all as
 its preflight (submission/kernel.py), so a check added here runs there too.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -147,6 +150,29 @@ def check_engine(config: Config) -> Iterator[Check]:
         yield Check("engine", "fail", f"{config.engine.kind}: {type(exc).__name__}: {exc}")
         return
     yield Check("engine", "ok", f"{config.engine.kind} ({type(engine).__name__}) built")
+
+
+def check_model_server(config: Config) -> Iterator[Check]:
+    """The server engine.server starts: its package (or stand-in file), weights, port."""
+    server = config.engine.server
+    if config.engine.kind != "openai" or server.kind == "none":
+        return
+    if server.entrypoint:
+        found = Path(server.entrypoint).is_file()
+        detail = f"entry point {server.entrypoint}" + ("" if found else " not found")
+        yield Check("model server", "ok" if found else "fail", detail)
+    else:
+        yield _package(server.kind)  # vllm, sglang, transformers: the module is the kind
+    model = Path(server.model)
+    found = (model / "config.json").is_file()
+    detail = f"{model}: " + ("config.json found" if found else "no config.json (attach the model)")
+    yield Check("server model", "ok" if found else "fail", detail)
+    with socket.socket() as sock:
+        try:
+            sock.bind((server.host, server.port))
+            yield Check("server port", "ok", f"{server.host}:{server.port} free")
+        except OSError as exc:
+            yield Check("server port", "fail", f"{server.host}:{server.port}: {exc}")
 
 
 def check_family(config: Config) -> Iterator[Check]:
@@ -290,6 +316,7 @@ CHECKS: list[Callable[[Config], Iterator[Check]]] = [
     check_engine_build,
     check_trtllm_runtime,
     check_engine,
+    check_model_server,
     check_family,
     check_embedded_data,
     check_sandbox,

@@ -16,6 +16,7 @@ AttemptEnd = Literal[
     "length",  # max tokens reached
     "max_code_calls",  # the code-call limit was hit and the model asked for more
     "cancelled",  # cancelled by the solver (early stop or deadline)
+    "timeout",  # past the collector's per-attempt wall cap (collect.attempt_timeout_s)
     "error",  # the engine reported an error
 ]
 
@@ -34,7 +35,10 @@ class AttemptRecord:
     code_calls: int = 0
     errors: int = 0  # code calls whose status was not "ok"
     finish_reason: AttemptEnd | None = None
+    # Mean entropy (nats) of the top log-probabilities over the tokens the engine reported
+    # them for (engine asked through generation.top_logprobs); None = none reported.
     entropy: float | None = None
+    entropy_tokens: int = 0
     # Replay engine only: code outputs that differ from the recorded ones, and how.
     output_mismatches: int = 0
     mismatch_kinds: list[str] = field(default_factory=list)
@@ -43,6 +47,14 @@ class AttemptRecord:
     # ignores top_p/top_k/min_p/repetition_penalty); empty = as asked.
     sampling: str = ""
     text: str = ""
+
+    def add_entropies(self, entropies: tuple[float, ...]) -> None:
+        """Fold a chunk's per-token entropies into the attempt's mean."""
+        if not entropies:
+            return
+        total = (self.entropy or 0.0) * self.entropy_tokens + sum(entropies)
+        self.entropy_tokens += len(entropies)
+        self.entropy = total / self.entropy_tokens
 
     @property
     def is_none(self) -> bool:

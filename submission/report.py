@@ -32,6 +32,7 @@ ATTEMPT_SCHEMA: dict[str, Any] = {
     "errors": pl.Int64,
     "finish_reason": pl.String,
     "entropy": pl.Float64,
+    "entropy_tokens": pl.Int64,
     "output_mismatches": pl.Int64,
     "mismatch_kinds": pl.String,
     "error_message": pl.String,
@@ -177,6 +178,13 @@ def summarize(
         "output_mismatches": int(attempts["output_mismatches"].sum()),
         "mismatch_kinds": dict(zip(mismatch_kinds["kind"], mismatch_kinds["len"], strict=True)),
         "fallbacks": len(fallbacks),
+        "engine_errors": dict(
+            attempts.filter(pl.col("finish_reason") == "error")
+            .group_by(pl.col("error_message").fill_null("(no message)"))
+            .len()
+            .sort("len", descending=True)
+            .iter_rows()
+        ),
     }
 
 
@@ -204,13 +212,17 @@ def render_report(
         f"| tokens | {s['tokens']} |",
         f"| code calls (errors) | {s['code_calls']} ({s['code_errors']}) |",
         f"| problems with no answer (fallback) | {s['fallbacks']} |",
+        f"| attempts ended by an engine error | {sum(s['engine_errors'].values())} |",
         f"| code outputs differing from the recording | {s['output_mismatches']} |",
     ]
     for kind, count in s["mismatch_kinds"].items():
         lines.append(f"| - of kind {kind} | {count} |")
+    if s["engine_errors"]:
+        lines += ["", "## Engine errors", "", "| error | attempts |", "| --- | --- |"]
+        lines += [f"| {_cell(error)} | {n} |" for error, n in s["engine_errors"].items()]
     if fallbacks:
         lines += ["", "## Fallback answers", "", "| problem | why |", "| --- | --- |"]
-        lines += [f"| {pid} | {why} |" for pid, why in sorted(fallbacks.items())]
+        lines += [f"| {pid} | {_cell(why)} |" for pid, why in sorted(fallbacks.items())]
     lines += [
         "",
         *extra_lines,
@@ -229,6 +241,11 @@ def render_report(
             f"{row['top_votes']} | {row['tokens']} | {row['stop_reason']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text that stays inside one Markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def plot_run(problems: pl.DataFrame, path: Path) -> None:

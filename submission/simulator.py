@@ -232,22 +232,29 @@ def sweep(
     tick_s: float = 1.0,
     base_seed: int = 0,
     code_call_s: float = 0.0,
+    on_run: Callable[[], None] | None = None,
 ) -> list[SweepRow]:
-    """Every policy at every fraction over `seeds` runs (the same seeds for every policy)."""
+    """Every policy at every fraction over `seeds` runs (the same seeds for every policy).
+
+    `on_run` is called after every run (progress).
+    """
     solve_budget_s = BUDGET_PER_PROBLEM_S * len(problems)
     rows = []
     for fraction in fractions:
         for policy in policies:
             outcomes = [
-                simulate_run(
-                    policy,
-                    problems,
-                    solve_budget_s,
-                    single_stream_rate * fraction,
-                    contention,
-                    random.Random(base_seed + seed),
-                    tick_s,
-                    code_call_s=code_call_s,
+                _counted(
+                    simulate_run(
+                        policy,
+                        problems,
+                        solve_budget_s,
+                        single_stream_rate * fraction,
+                        contention,
+                        random.Random(base_seed + seed),
+                        tick_s,
+                        code_call_s=code_call_s,
+                    ),
+                    on_run,
                 )
                 for seed in range(seeds)
             ]
@@ -269,6 +276,12 @@ def sweep(
     return rows
 
 
+def _counted(outcome: RunOutcome, on_run: Callable[[], None] | None) -> RunOutcome:
+    if on_run is not None:
+        on_run()
+    return outcome
+
+
 # The tuned parameters and the values leave-problems-out cross-validation chooses among
 # (patient_tokens 10**9 = no patience). error_power stays 0.5: every fold chose it over 0
 # last round, and the held-out half confirmed it (docs/policy.md).
@@ -279,8 +292,19 @@ CV_GRID: dict[str, tuple[float, ...]] = {
 
 
 @dataclass(frozen=True)
+class AnchorLead:
+    """Ours against one anchor at one fraction, on the same runs."""
+
+    anchor: str
+    anchor_mean: float
+    lead: float  # ours minus the anchor
+    lead_se_seeds: float  # standard error of the lead over seeds (runs paired by seed)
+    lead_se_problems: float  # ... over problems (how much a new set of problems may move it)
+
+
+@dataclass(frozen=True)
 class CrossValidation:
-    """One fraction's held-out estimate, against the best anchor on the same runs."""
+    """One fraction's held-out estimate, against every anchor on the same runs."""
 
     fraction: float
     score_mean: float  # held-out problems answered right, summed over folds
@@ -292,6 +316,17 @@ class CrossValidation:
     lead_se_problems: float  # ... over problems (how much a new set of problems may move it)
     overruns: int
     chosen: tuple[str, ...]  # the candidate each fold chose
+    anchors: tuple[AnchorLead, ...] = ()  # every anchor, the best one included
+
+
+def cross_validation_runs(fractions: int, seeds: int, folds: int = 5, tune: bool = True) -> int:
+    """The simulated runs `cross_validate` (and `tune` after it) make: for progress."""
+    from submission.policy.anchors import anchor_policies
+
+    candidates = len(_product(CV_GRID))
+    per_fold = (candidates + 1) * fractions * seeds
+    anchors = len(anchor_policies()) * fractions * seeds
+    return folds * per_fold + anchors + (candidates * fractions * seeds if tune else 0)
 
 
 def cross_validate(
@@ -304,6 +339,7 @@ def cross_validate(
     tick_s: float,
     folds: int = 5,
     code_call_s: float = 0.0,
+    on_run: Callable[[], None] | None = None,
 ) -> list[CrossValidation]:
     """Leave-problems-out: tune on the other folds' problems, score the held-out ones.
 
@@ -316,21 +352,22 @@ def cross_validate(
 
     order = sorted(problems, key=lambda p: p.problem_id)
     random.Random(0).shuffle(order)
-    names = list(CV_GRID)
-    candidates = [dict(zip(names, values, strict=True)) for values in _product(CV_GRID)]
     solve_budget_s = BUDGET_PER_PROBLEM_S * len(problems)
 
     def runs(policy: Policy, fraction: float) -> list[RunOutcome]:
         return [
-            simulate_run(
-                policy,
-                problems,
-                solve_budget_s,
-                single_stream_rate * fraction,
-                contention,
-                random.Random(seed),
-                tick_s,
-                code_call_s=code_call_s,
+            _counted(
+                simulate_run(
+                    policy,
+                    problems,
+                    solve_budget_s,
+                    single_stream_rate * fraction,
+                    contention,
+                    random.Random(seed),
+                    tick_s,
+                    code_call_s=code_call_s,
+                ),
+                on_run,
             )
             for seed in range(seeds)
         ]
@@ -342,23 +379,18 @@ def cross_validate(
     for fold in range(folds):
         held = {p.problem_id for p in order[fold::folds]}
         train = [p for p in order if p.problem_id not in held]
-
-        def fitness(candidate: dict[str, float], train: list[LoggedProblem] = train) -> float:
-            rows = sweep(
-                [_policy_with(config, candidate)],
-                train,
-                fractions,
-                seeds,
-                single_stream_rate,
-                contention,
-                tick_s,
-                base_seed=1000,
-                code_call_s=code_call_s,
-            )
-            return statistics.fmean(r.score_mean for r in rows)
-
-        best = max(candidates, key=fitness)
-        chosen.append(",".join(f"{k.split('.')[-1]}={v:g}" for k, v in best.items()))
+        best = tune(
+            config,
+            train,
+            fractions,
+            seeds,
+            single_stream_rate,
+            contention,
+            tick_s,
+            code_call_s=code_call_s,
+            on_run=on_run,
+        )
+        chosen.append(describe_candidate(best))
         for fraction in fractions:
             for seed, outcome in enumerate(runs(_policy_with(config, best), fraction)):
                 overruns[fraction] += outcome.overrun
@@ -376,31 +408,89 @@ def cross_validate(
             ]
             for a in anchor_policies()
         }
-        name, theirs = max(anchors.items(), key=lambda kv: _mean_total(kv[1]))
         mine = ours[fraction]
-        per_seed = [sum(m.values()) - sum(t.values()) for m, t in zip(mine, theirs, strict=True)]
-        per_problem = [
-            statistics.fmean(
-                m[p.problem_id] - t[p.problem_id] for m, t in zip(mine, theirs, strict=True)
-            )
-            for p in problems
-        ]
+        leads = [_lead(name, mine, theirs, problems) for name, theirs in anchors.items()]
+        best_anchor = max(leads, key=lambda lead: lead.anchor_mean)
         totals = [sum(m.values()) for m in mine]
         results.append(
             CrossValidation(
                 fraction=fraction,
                 score_mean=statistics.fmean(totals),
                 score_sd=statistics.pstdev(totals),
-                anchor=name,
-                anchor_mean=_mean_total(theirs),
-                lead=statistics.fmean(per_seed),
-                lead_se_seeds=_standard_error(per_seed),
-                lead_se_problems=_standard_error(per_problem) * len(problems),
+                anchor=best_anchor.anchor,
+                anchor_mean=best_anchor.anchor_mean,
+                lead=best_anchor.lead,
+                lead_se_seeds=best_anchor.lead_se_seeds,
+                lead_se_problems=best_anchor.lead_se_problems,
                 overruns=overruns[fraction],
                 chosen=tuple(chosen),
+                anchors=tuple(leads),
             )
         )
     return results
+
+
+def tune(
+    config: Config,
+    problems: Sequence[LoggedProblem],
+    fractions: Sequence[float],
+    seeds: int,
+    single_stream_rate: float,
+    contention: float,
+    tick_s: float,
+    code_call_s: float = 0.0,
+    on_run: Callable[[], None] | None = None,
+) -> dict[str, float]:
+    """The CV_GRID candidate with the best mean score over all fractions on `problems`.
+
+    Each cross-validation fold tunes this way on its training problems; run on all
+    problems, it gives the policy to hand over (`simulate --write-policy`).
+    """
+    names = list(CV_GRID)
+    candidates = [dict(zip(names, values, strict=True)) for values in _product(CV_GRID)]
+
+    def fitness(candidate: dict[str, float]) -> float:
+        rows = sweep(
+            [_policy_with(config, candidate)],
+            problems,
+            fractions,
+            seeds,
+            single_stream_rate,
+            contention,
+            tick_s,
+            base_seed=1000,
+            code_call_s=code_call_s,
+            on_run=on_run,
+        )
+        return statistics.fmean(r.score_mean for r in rows)
+
+    return max(candidates, key=fitness)
+
+
+def describe_candidate(candidate: dict[str, float]) -> str:
+    return ",".join(f"{k.split('.')[-1]}={v!r}" for k, v in candidate.items())
+
+
+def _lead(
+    anchor: str,
+    mine: list[dict[str, bool]],
+    theirs: list[dict[str, bool]],
+    problems: Sequence[LoggedProblem],
+) -> AnchorLead:
+    per_seed = [sum(m.values()) - sum(t.values()) for m, t in zip(mine, theirs, strict=True)]
+    per_problem = [
+        statistics.fmean(
+            m[p.problem_id] - t[p.problem_id] for m, t in zip(mine, theirs, strict=True)
+        )
+        for p in problems
+    ]
+    return AnchorLead(
+        anchor=anchor,
+        anchor_mean=_mean_total(theirs),
+        lead=statistics.fmean(per_seed),
+        lead_se_seeds=_standard_error(per_seed),
+        lead_se_problems=_standard_error(per_problem) * len(problems),
+    )
 
 
 def _mean_total(right: list[dict[str, bool]]) -> float:

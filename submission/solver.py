@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from submission.answer import AnswerRange
 from submission.config import Config
-from submission.engines.base import Engine, EngineError, SamplingParams
+from submission.engines.base import Engine, EngineError, Prompt, SamplingParams
 from submission.families.base import ModelFamily
 from submission.families.registry import create_family
 from submission.policy import FinishedAttempt, Policy, ProblemState, RunningAttempt
@@ -85,27 +85,42 @@ class Solver:
             return f"problem has {len(problem)} characters (limit {limit})"
         return None
 
+    def render(self, problem: str) -> Prompt:
+        """The prompt every attempt at `problem` continues (the family renders it)."""
+        return self.family.render(problem)
+
+    def new_attempt(self, problem_id: str, attempt_num: int) -> AttemptRecord:
+        """Attempt `attempt_num`'s empty record; it samples with seed base_seed + attempt_num."""
+        seed = self.config.generation.base_seed + attempt_num
+        return AttemptRecord(problem_id, attempt_num=attempt_num, seed=seed)
+
+    async def run_attempt(self, record: AttemptRecord, prompt: Prompt) -> None:
+        """One attempt at a rendered prompt, to its own end or until cancelled.
+
+        The record is final when this returns or is cancelled; the attempt's sandbox
+        session is closed then. `solve` runs K of these; the collector runs them one by one.
+        """
+        params = SamplingParams.from_generation(self.config.generation, record.seed)
+        session = f"{record.problem_id}-a{record.attempt_num}"
+        try:
+            await self.tir.run_attempt(record, prompt, params, session)
+        finally:
+            self._close_session(session)
+
     async def solve(self, problem_id: str, problem: str, budget_s: float) -> ProblemResult:
         loop = asyncio.get_running_loop()
         started = loop.time()
         if (reason := self.problem_error(problem)) is not None:
             return self.fallback(problem_id, [], 0.0, budget_s, reason)
         try:
-            prompt = self.family.render(problem)
+            prompt = self.render(problem)
         except Exception as exc:  # a family that cannot render (e.g. no vocabulary) loses nothing
             log.exception("%s: the %s family cannot render it", problem_id, self.family.name)
             return self.fallback(problem_id, [], 0.0, budget_s, f"render failed: {exc}")
-        gen = self.config.generation
-        records = [
-            AttemptRecord(problem_id, attempt_num=i, seed=gen.base_seed + i)
-            for i in range(self.attempts_for_engine())
-        ]
+        records = [self.new_attempt(problem_id, i) for i in range(self.attempts_for_engine())]
         tasks: dict[asyncio.Task[None], AttemptRecord] = {}
         for record in records:
-            params = SamplingParams.from_generation(gen, record.seed)
-            session = f"{problem_id}-a{record.attempt_num}"
-            task = asyncio.create_task(self.tir.run_attempt(record, prompt, params, session))
-            tasks[task] = record
+            tasks[asyncio.create_task(self.run_attempt(record, prompt))] = record
         finished: list[AttemptRecord] = []  # in order of finishing (the tie-break uses it)
         stop_reason = "deadline"
         deadline = started + budget_s
@@ -132,8 +147,6 @@ class Solver:
                         task.cancel()
         finally:
             await self._cancel_all(tasks)
-            for record in records:
-                self._close_session(f"{problem_id}-a{record.attempt_num}")
         # Shortest first (then by attempt number): the vote's tie-break then depends on the
         # attempts themselves, never on scheduling jitter, and favours the more direct solution.
         voters = sorted(
@@ -143,7 +156,7 @@ class Solver:
         answer = self.policy.selection.select(voters)
         seconds = loop.time() - started
         if answer is None:
-            return self.fallback(problem_id, records, seconds, budget_s, _why_unanswered(records))
+            return self.fallback(problem_id, records, seconds, budget_s, _no_answer(records))
         top_votes = sum(1 for v in voters if v.answer == answer)
         log.info(
             "%s: answer %d (%d/%d votes, %s, %.1fs of %.1fs)",
@@ -223,14 +236,6 @@ class Solver:
         )
 
 
-def _why_unanswered(records: list[AttemptRecord]) -> str:
-    """The fallback's reason: the engine's own when every attempt failed the same way."""
-    errors = {r.error_message for r in records if r.finish_reason == "error"}
-    if records and len(errors) == 1 and all(r.finish_reason == "error" for r in records):
-        return f"every attempt failed: {errors.pop()}"
-    return "no attempt answered"
-
-
 def _as_finished(record: AttemptRecord) -> FinishedAttempt:
     return FinishedAttempt(
         attempt_num=record.attempt_num,
@@ -240,4 +245,15 @@ def _as_finished(record: AttemptRecord) -> FinishedAttempt:
         code_calls=record.code_calls,
         errors=record.errors,
         entropy=record.entropy,
+    )
+
+
+def _no_answer(records: list[AttemptRecord]) -> str:
+    """Why no attempt answered, naming the engine's error when attempts ended in one."""
+    errors = [r.error_message for r in records if r.finish_reason == "error" and r.error_message]
+    if not errors:
+        return "no attempt answered"
+    return (
+        f"no attempt answered ({len(errors)} of {len(records)} attempts ended in an engine "
+        f"error: {errors[0]})"
     )

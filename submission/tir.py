@@ -120,6 +120,7 @@ class TirLoop:
             async for chunk in stream:
                 answered = transcript.feed(chunk)
                 record.tokens += chunk.tokens
+                record.add_entropies(chunk.token_entropies)
                 if "sampling" in chunk.meta:
                     record.sampling = str(chunk.meta["sampling"])
                 if chunk.finish_reason is not None:

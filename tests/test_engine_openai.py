@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -308,3 +309,319 @@ async def test_bad_json_ends_the_stream_in_error_keeping_the_text_before_it() ->
     assert text_of(chunks) == "".join(PIECES[:3])
     assert chunks[-1].finish_reason == "error"
     assert "bad event" in (chunks[-1].error or "")
+
+
+# -- dialects: what each server accepts (submission/engines/openai_dialects.py) ------------
+
+# transformers serve 5.25's /v1/completions accepts these body keys (its
+# TransformersTextCompletionCreateParams: OpenAI's CompletionCreateParamsBase + generation_config,
+# seed, stream); any other key is a 422 naming the unexpected ones
+# (transformers/cli/serving/utils.py BaseHandler._validate_request).
+TRANSFORMERS_SERVE_FIELDS = frozenset(
+    {
+        "model", "prompt", "best_of", "echo", "frequency_penalty", "logit_bias", "logprobs",
+        "max_tokens", "n", "presence_penalty", "seed", "stop", "stream_options", "suffix",
+        "temperature", "top_p", "user", "stream", "generation_config",
+    }
+)  # fmt: skip
+
+
+def transformers_serve(sent: list[dict], pieces: list[str] = PIECES) -> httpx.MockTransport:
+    """A contract fake of `transformers serve` 5.25's completions: 422 on unknown fields,
+    400 on a non-string prompt, the stop string kept in the text, usage only at the end."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            model = {"id": "/models/tiny", "object": "model", "owned_by": "local"}
+            return httpx.Response(200, json={"object": "list", "data": [model]})
+        body = json.loads(request.content)
+        sent.append(body)
+        unexpected = set(body) - TRANSFORMERS_SERVE_FIELDS
+        if unexpected:
+            detail = f"Unexpected fields in the request: {unexpected}"
+            return httpx.Response(422, json={"detail": detail})
+        if not isinstance(body["prompt"], str):
+            return httpx.Response(400, json={"detail": "prompt must be a string."})
+        events = [
+            {"choices": [{"index": 0, "text": piece}], "object": "text_completion"}
+            for piece in pieces
+        ]
+        events.append({"choices": [{"index": 0, "text": "", "finish_reason": "stop"}]})
+        events.append({"choices": [], "usage": {"completion_tokens": 3 * len(pieces)}})
+        lines = [f"data: {json.dumps(e)}\n\n".encode() for e in events]
+        return httpx.Response(200, content=body_of(lines))
+
+    return httpx.MockTransport(handle)
+
+
+def engine_on(transport: httpx.MockTransport, *sets: str) -> OpenaiEngine:
+    config = load_config(
+        "aimo3",
+        None,
+        [
+            "engine.openai.base_urls=http://server-a/v1",
+            "engine.openai.max_retries=1",
+            "engine.openai.retry_backoff_s=0.001",
+            *sets,
+        ],
+    )
+    return OpenaiEngine(config.engine.openai, transport=transport)
+
+
+async def test_transformers_serve_is_sent_no_vllm_fields_and_streams() -> None:
+    sent: list[dict] = []
+    engine = engine_on(transformers_serve(sent))
+    await engine.start()
+    try:
+        stop = "".join(PIECES)[50:60]
+        chunks = await collect(engine, PROMPT, SamplingParams(max_tokens=500, stop=(stop,), seed=4))
+    finally:
+        await engine.close()
+    assert chunks[-1].error is None
+    assert (chunks[-1].finish_reason, chunks[-1].stop) == ("stop", stop)
+    assert text_of(chunks) == "".join(PIECES)[:50]
+    assert len(sent) == 1 and set(sent[0]) <= TRANSFORMERS_SERVE_FIELDS
+    assert sent[0]["seed"] == 4
+
+
+async def test_a_422_naming_fields_is_retried_once_without_them_and_remembered() -> None:
+    sent: list[dict] = []
+    # Told it is vLLM, the engine sends vLLM's fields; the server names them in its 422.
+    engine = engine_on(transformers_serve(sent), "engine.openai.dialect=vllm")
+    await engine.start()
+    try:
+        params = SamplingParams(max_tokens=500, seed=1)
+        first = await collect(engine, PROMPT, params)
+        second = await collect(engine, PROMPT, params)
+    finally:
+        await engine.close()
+    assert first[-1].finish_reason == second[-1].finish_reason == "stop"
+    assert text_of(first) == text_of(second) == "".join(PIECES)
+    assert "skip_special_tokens" in sent[0]
+    assert [set(body) <= TRANSFORMERS_SERVE_FIELDS for body in sent] == [False, True, True]
+
+
+async def test_a_refusal_ends_in_error_with_the_status_and_the_servers_reason(caplog) -> None:
+    sent: list[dict] = []
+    engine = engine_on(transformers_serve(sent))
+    await engine.start()
+    try:
+        chunks = await collect(engine, [1, 2, 3], SamplingParams(max_tokens=8))
+        assert engine.token_prompts is False
+        plain_text = await collect(
+            engine, PROMPT, SamplingParams(max_tokens=8, stop_token_ids=(7,))
+        )
+    finally:
+        await engine.close()
+    assert [c.finish_reason for c in chunks] == ["error"]
+    assert "token-id prompt" in (chunks[0].error or "")
+    assert sent == []  # refused before a request a plain server would reject
+    assert plain_text[-1].finish_reason == "error"
+    assert "stop token ids" in (plain_text[-1].error or "")
+
+
+async def test_an_unnamed_client_error_carries_status_and_reason_to_the_log(caplog) -> None:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": [{"id": "m", "owned_by": "vllm"}]})
+        return httpx.Response(400, json={"detail": "This model's maximum context length is 8"})
+
+    engine = engine_on(httpx.MockTransport(handle))
+    await engine.start()
+    try:
+        chunks = await collect(engine, PROMPT, SamplingParams(max_tokens=8))
+    finally:
+        await engine.close()
+    assert chunks[-1].finish_reason == "error"
+    assert "HTTP 400" in (chunks[-1].error or "")
+    assert "maximum context length is 8" in (chunks[-1].error or "")
+    assert any("HTTP 400" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("owned_by", "dialect", "fields"),
+    [
+        ("vllm", "vllm", {"include_stop_str_in_output", "skip_special_tokens", "return_token_ids"}),
+        ("sglang", "sglang", {"no_stop_trim", "skip_special_tokens"}),
+        ("tensorrt_llm", "trtllm", {"include_stop_str_in_output", "skip_special_tokens"}),
+        ("local", "plain", set()),
+        (None, "plain", set()),
+    ],
+)
+async def test_the_dialect_is_learnt_from_the_servers_model_list(owned_by, dialect, fields) -> None:
+    sent: list[dict] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            card = {"id": "m"} | ({"owned_by": owned_by} if owned_by else {})
+            return httpx.Response(200, json={"data": [card]})
+        sent.append(json.loads(request.content))
+        return streaming(PIECES[:2])(sent[-1])
+
+    engine = engine_on(httpx.MockTransport(handle))
+    await engine.start()
+    try:
+        chunks = await collect(engine, PROMPT, SamplingParams(max_tokens=2, stop=("</x>",)))
+    finally:
+        await engine.close()
+    assert chunks[-1].finish_reason == "length"
+    assert engine.dialects["http://server-a/v1"] == dialect
+    extensions = {"include_stop_str_in_output", "skip_special_tokens", "return_token_ids"}
+    assert (set(sent[0]) & (extensions | {"no_stop_trim"})) == fields
+    assert engine.token_prompts is (dialect == "vllm")
+
+
+# -- token ids, stop tokens and logprobs (vLLM 0.11.2's streamed completion) --------------
+
+# Harmony's stop tokens (<|return|>, <|call|>): openai-harmony's
+# stop_tokens_for_assistant_actions(). The generated ids below are opaque to the engine.
+RETURN, CALL = 200002, 200012
+TOKEN_PROMPT = [200006, 1428, 200008, 3085, 200007, 200006, 173781]
+
+
+def vllm_token_events(pieces: list[str], stop_token: int, top: int = 0) -> list[bytes]:
+    """vLLM's stream with return_token_ids (one id per piece, the stop id in the last event)
+    and, with `top`, logprobs.top_logprobs (a dict per token)."""
+    events = []
+    next_id = 1000
+    for i, piece in enumerate(pieces):
+        last = i == len(pieces) - 1
+        ids = [next_id, stop_token] if last else [next_id]
+        next_id += 1
+        choice: dict = {"index": 0, "text": piece, "token_ids": ids, "finish_reason": None}
+        if last:
+            choice |= {"finish_reason": "stop", "stop_reason": stop_token}
+        if top:
+            choice["logprobs"] = {
+                "top_logprobs": [
+                    {f"t{k}": math.log((k + 1) / (top * (top + 1) / 2)) for k in range(top)}
+                    for _ in ids
+                ]
+            }
+        events.append(choice)
+    return [
+        *(
+            f"data: {json.dumps({'choices': [c], 'usage': {'completion_tokens': n}})}\n\n".encode()
+            for n, c in enumerate(events, start=1)
+        ),
+        b"data: [DONE]\n\n",
+    ]
+
+
+def vllm_server(sent: list[dict], events: list[bytes]) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": [{"id": "gpt-oss", "owned_by": "vllm"}]})
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, content=body_of(events))
+
+    return httpx.MockTransport(handle)
+
+
+async def test_a_token_prompt_stops_at_a_stop_token_and_reports_the_ids() -> None:
+    sent: list[dict] = []
+    engine = engine_on(vllm_server(sent, vllm_token_events(PIECES[:4], CALL)))
+    await engine.start()
+    try:
+        assert engine.token_prompts is True
+        params = SamplingParams(max_tokens=100, seed=9, stop_token_ids=(RETURN, CALL))
+        chunks = await collect(engine, TOKEN_PROMPT, params)
+    finally:
+        await engine.close()
+    body = sent[0]
+    assert body["prompt"] == TOKEN_PROMPT
+    assert body["stop_token_ids"] == [RETURN, CALL]
+    assert body["return_token_ids"] is True and body["seed"] == 9
+    assert (chunks[-1].finish_reason, chunks[-1].stop_token, chunks[-1].stop) == (
+        "stop",
+        CALL,
+        None,
+    )
+    ids = [i for c in chunks for i in c.token_ids]
+    assert ids == [1000, 1001, 1002, 1003, CALL]
+    assert text_of(chunks) == "".join(PIECES[:4])
+    assert sum(c.tokens for c in chunks) == 5
+
+
+async def test_logprobs_become_per_token_entropies() -> None:
+    sent: list[dict] = []
+    engine = engine_on(vllm_server(sent, vllm_token_events(PIECES[:3], RETURN, top=5)))
+    await engine.start()
+    try:
+        params = SamplingParams(max_tokens=100, stop_token_ids=(RETURN,), top_logprobs=5)
+        chunks = await collect(engine, TOKEN_PROMPT, params)
+    finally:
+        await engine.close()
+    assert sent[0]["logprobs"] == 5
+    probabilities = [(k + 1) / 15 for k in range(5)]
+    expected = -sum(p * math.log(p) for p in probabilities)
+    entropies = [e for c in chunks for e in c.token_entropies]
+    assert len(entropies) == 4  # one per generated token, the stop token's included
+    assert entropies == pytest.approx([expected] * 4)
+
+
+async def test_usage_sent_only_at_the_end_counts_the_tokens() -> None:
+    sent: list[dict] = []
+    engine = engine_on(transformers_serve(sent, pieces=PIECES[:5]))
+    await engine.start()
+    try:
+        chunks = await collect(engine, PROMPT, SamplingParams(max_tokens=500))
+    finally:
+        await engine.close()
+    assert sum(c.tokens for c in chunks) == 15  # the server's usage, not one per event
+
+
+async def test_each_attempts_seed_reaches_the_server() -> None:
+    from submission.policy.defaults import default_policy
+    from submission.solver import Solver
+
+    sent: list[dict] = []
+    engine = engine_on(transformers_serve(sent), "generation.base_seed=100")
+    config = load_config(
+        "aimo3",
+        None,
+        ["solver.attempts=4", "generation.base_seed=100", "prompt.family=tora"],
+    )
+
+    class NoSandbox:
+        async def arun(self, code: str, session: str, timeout: float):
+            raise AssertionError("no code in these pieces")
+
+    await engine.start()
+    try:
+        solver = Solver(engine, NoSandbox(), config, default_policy(config))
+        await solver.solve("p1", "What is 6 times 7?", budget_s=30.0)
+    finally:
+        await engine.close()
+    assert sorted(body["seed"] for body in sent) == [100, 101, 102, 103]
+
+
+async def test_a_refusal_reaches_the_attempt_record_the_fallback_and_the_report() -> None:
+    from submission.policy.defaults import default_policy
+    from submission.report import attempts_frame, problems_frame, render_report
+    from submission.solver import Solver
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, json={"data": [{"id": "m", "owned_by": "local"}]})
+        return httpx.Response(400, json={"detail": "prompt is too long for this model"})
+
+    engine = engine_on(httpx.MockTransport(handle))
+    config = load_config("aimo3", None, ["solver.attempts=3"])
+    await engine.start()
+    try:
+        result = await Solver(engine, None, config, default_policy(config)).solve(  # type: ignore[arg-type]
+            "p1", "What is 6 times 7?", budget_s=30.0
+        )
+    finally:
+        await engine.close()
+    assert result.used_fallback
+    assert all("HTTP 400" in (a.error_message or "") for a in result.attempts)
+    assert "3 of 3 attempts ended in an engine error: openai: HTTP 400" in result.stop_reason
+    from submission.records import ProblemSummary
+
+    summary = ProblemSummary("p1", 0, 1.0, 30.0, 3, 0, 0, 0, result.stop_reason)
+    report = render_report(attempts_frame([result]), problems_frame([summary]))
+    assert "| attempts ended by an engine error | 3 |" in report
+    assert "prompt is too long for this model" in report
+    assert '| openai: HTTP 400: {"detail":"prompt is too long for this model"} | 3 |' in report

@@ -92,7 +92,8 @@ def test_a_good_file_passes_and_string_booleans_are_accepted() -> None:
         ({"dataset_sources": ["wheels-only"]}, "is not username/dataset-slug"),
         ({"dataset_sources": ["a/b/1/extra"]}, "is not username/dataset-slug"),
         ({"dataset_sources": "someone/wheels"}, "dataset_sources must be a list"),
-        ({"model_sources": ["org/model/transformers/14b/1"]}, "is not owner/model-slug"),
+        ({"model_sources": ["org/model"]}, "is not owner/model/framework/instance/version"),
+        ({"model_sources": ["org/model/transformers/default/latest"]}, "must be an integer"),
         ({"kernel_sources": ["someone/abc"]}, "at least five characters"),
         ({"docker_image_pinning_type": "newest"}, "docker_image_pinning_type must be one of"),
     ],
@@ -323,3 +324,26 @@ def test_the_committed_files_name_one_identity() -> None:
         and "../shared" in path.read_text(encoding="utf-8", errors="replace")
     ]
     assert cited == []
+
+
+def test_a_kaggle_models_handle_is_a_model_source_the_server_config_needs() -> None:
+    """kaggle 2.2.5's kernels_push validates each model source as
+    owner/model/framework/instance/version (validate_model_instance_version_string)."""
+    config = load_config(
+        "aimo3",
+        None,
+        [
+            "engine.kind=openai",
+            "engine.server.kind=vllm",
+            "engine.server.model=/kaggle/input/gpt-oss-120b/transformers/default/1",
+            "kaggle.owner=someone",  # the owner good() names
+        ],
+    )
+    handle = "openai/gpt-oss-120b/transformers/default/1"
+    assert check_metadata(good() | {"model_sources": [handle]}, REPO, config) == []
+    errors = check_metadata(good(), REPO, config)
+    wanted = "model_sources must include OWNER/gpt-oss-120b/transformers/default/1"
+    assert any(wanted in e for e in errors)
+    written = metadata_from_config(config, good(), models=(handle,))
+    assert written["model_sources"] == [handle]
+    assert check_metadata(written, REPO, config) == []

@@ -182,3 +182,17 @@ def test_offline_install_into_a_fresh_venv(tmp_path: Path, request: pytest.Fixtu
     submission = pl.read_parquet(work / "out" / "submission.parquet")
     assert submission.height == 3
     assert submission.columns[:2] == ["id", "answer"]
+
+
+def test_with_vllm_the_kernel_installs_the_pinned_vllm(tmp_path: Path) -> None:
+    """The gpt-oss profile's server comes from the wheels dataset: vLLM at the version whose
+    flags the launcher checks against (submission/data/server_flags/vllm.json)."""
+    import json
+
+    from offline_wheels.download import write_dataset_folder
+    from submission.model_server import ServerFlags
+
+    write_dataset_folder(tmp_path, False, "someone/wheels", "wheels", with_vllm=True)
+    pins = (tmp_path / "requirements.txt").read_text().splitlines()
+    assert f"vllm=={ServerFlags.load('vllm').version}" in pins
+    assert json.loads((tmp_path / "dataset-metadata.json").read_text())["id"] == "someone/wheels"

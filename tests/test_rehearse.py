@@ -22,13 +22,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from submission.config import load_config
+from submission.config import config_toml, load_config
 from submission.config_fields import read_toml
 from submission.rehearsal import isolation as rehearsal_isolation
 from submission.rehearsal.isolation import Process, own_namespaces_allowed
 from submission.rehearsal.progress import Progress
 from submission.rehearsal.runs import SITECUSTOMIZE, RunSettings, _supervise
-from submission.rehearsal.tree import config_toml, lay_out
+from submission.rehearsal.tree import lay_out
 from submission.rehearsal.verdict import Verdict, read_log
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +110,9 @@ def test_the_tree_is_kaggle_shaped(tmp_path: Path) -> None:
     (wheelhouse / "wheels").mkdir(parents=True)
     (wheelhouse / "wheels" / "polars-2.1.0-py3-none-any.whl").write_bytes(b"")
     (wheelhouse / "requirements.txt").write_text("aimo-submission==0.1.0\n")
+    # download.py --with-harmony puts the vocabulary folder beside the wheels.
+    (wheelhouse / "tiktoken_encodings").mkdir()
+    (wheelhouse / "tiktoken_encodings" / "o200k_base.tiktoken").write_text("vocabulary\n")
     evaluation = tmp_path / "real" / "kaggle_evaluation"
     evaluation.mkdir(parents=True)
     (evaluation / "__init__.py").write_text("")
@@ -122,6 +125,7 @@ def test_the_tree_is_kaggle_shaped(tmp_path: Path) -> None:
     wheels = tree.kaggle / "input" / "aimo-offline-wheels"  # kaggle.wheels_slug
     assert (wheels / "requirements.txt").is_file()
     assert (wheels / "wheels" / "polars-2.1.0-py3-none-any.whl").is_symlink()
+    assert (wheels / "tiktoken_encodings" / "o200k_base.tiktoken").read_text() == "vocabulary\n"
     assert tree.code_file.read_text() == (REPO / "submission" / "kernel.py").read_text()
     assert tree.test_rows == 10
 

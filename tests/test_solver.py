@@ -114,7 +114,7 @@ async def test_limits_end_attempts(sandbox: Sandbox) -> None:
         # No transcript: the engine's own reason (issue 21 item 7; before: "no attempt answered")
         (
             "What is the 12345th prime?",
-            "every attempt failed: no recorded generation for this problem: "
+            "engine error: no recorded generation for this problem: "
             "the replay engine knows only the embedded problems",
         ),
     ],

@@ -9,6 +9,8 @@ import importlib
 BENCHMARKS: dict[str, str] = {
     "sandbox": "submission.bench.sandbox",
     "harness": "submission.bench.harness",
+    "collect": "submission.bench.collect",
+    "speed": "submission.bench.speed",
 }
 
 

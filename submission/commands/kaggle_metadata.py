@@ -158,10 +158,16 @@ def check_metadata(meta: dict[str, Any], base_dir: Path, config: Config) -> list
             errors.append(f"dataset source {source!r} is not username/dataset-slug[/version]")
     for source in _list(meta, "kernel_sources", errors):
         errors += _kernel_string_errors(source, "kernel source")
-    for source in _list(meta, "model_sources", errors):
-        # The CLI accepts exactly one '/', although its docs show longer model handles.
-        if not isinstance(source, str) or source.count("/") != 1 or not all(source.split("/")):
-            errors.append(f"model source {source!r} is not owner/model-slug (the CLI's rule)")
+    models = _list(meta, "model_sources", errors)
+    for source in models:
+        errors += _model_source_errors(source)
+    if (mount := kaggle_model_mount(config)) is not None and not any(
+        isinstance(m, str) and m.split("/")[1:] == list(mount) for m in models
+    ):
+        errors.append(
+            f"engine.server.model {config.engine.server.model!r} is a Kaggle Models mount: "
+            f"model_sources must include OWNER/{'/'.join(mount)}"
+        )
     competitions = _list(meta, "competition_sources", errors)
     competition = Path(config.profile.competition_dir).name
     if competition not in competitions:
@@ -170,6 +176,30 @@ def check_metadata(meta: dict[str, Any], base_dir: Path, config: Config) -> list
     if pinning is not None and pinning not in PINNING_TYPES:
         errors.append(f"docker_image_pinning_type must be one of {PINNING_TYPES}")
     return errors
+
+
+def _model_source_errors(source: Any) -> list[str]:
+    """The CLI's rule for a kernel's model source (kaggle 2.2.5, `kernels_push` ->
+    `validate_model_instance_version_string`): owner/model/framework/instance/version,
+    five non-empty parts, the version an integer (a Kaggle Models handle)."""
+    parts = source.split("/") if isinstance(source, str) else []
+    if len(parts) != 5 or not all(parts):
+        return [f"model source {source!r} is not owner/model/framework/instance/version"]
+    if not parts[4].isdigit():
+        return [f"model source {source!r}: the version must be an integer"]
+    return []
+
+
+def kaggle_model_mount(config: Config) -> tuple[str, str, str, str] | None:
+    """(model, framework, instance, version) of a server model under /kaggle/input, where
+    Kaggle mounts an attached model: /kaggle/input/<model>/<framework>/<instance>/<version>."""
+    path = config.engine.server.model
+    if config.engine.server.kind == "none" or not path.startswith(KAGGLE_INPUT):
+        return None
+    parts = path[len(KAGGLE_INPUT) :].strip("/").split("/")
+    if len(parts) < 4 or not parts[3].isdigit():
+        return None  # a dataset folder, not a model mount
+    return parts[0], parts[1], parts[2], parts[3]
 
 
 def _notebook_errors(path: Path) -> list[str]:
@@ -225,7 +255,10 @@ def own_datasets(config: Config) -> list[str]:
 
 
 def metadata_from_config(
-    config: Config, existing: dict[str, Any], datasets: tuple[str, ...] = ()
+    config: Config,
+    existing: dict[str, Any],
+    datasets: tuple[str, ...] = (),
+    models: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """The metadata for this config: id, title and our datasets from its identity, the
     fixed fields from its profile; other keys and datasets kept from `existing`."""
@@ -254,8 +287,9 @@ def metadata_from_config(
         and s.split("/")[1] not in our_slugs
     ]
     meta["dataset_sources"] = list(dict.fromkeys([*ours, *kept]))
-    for key in ("kernel_sources", "model_sources"):
-        meta[key] = [_owned_by(s, kaggle.owner) for s in meta.get(key, [])]
+    meta["kernel_sources"] = [_owned_by(s, kaggle.owner) for s in meta.get("kernel_sources", [])]
+    models = [*meta.get("model_sources", []), *models]
+    meta["model_sources"] = list(dict.fromkeys(_owned_by(s, kaggle.owner) for s in models))
     return meta
 
 
@@ -272,6 +306,8 @@ def config_dataset_slugs(config: Config) -> list[str]:
         "trtllm": [engine.trtllm.engine_dir, engine.trtllm.tokenizer_dir],
         "hf": [engine.hf.model],
     }.get(engine.kind, [])
+    if engine.server.kind != "none" and kaggle_model_mount(config) is None:
+        paths.append(engine.server.model)  # weights in a dataset, not an attached model
     slugs = [p[len(KAGGLE_INPUT) :].split("/")[0] for p in paths if p.startswith(KAGGLE_INPUT)]
     return list(dict.fromkeys(s for s in slugs if s))
 
@@ -377,6 +413,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset", action="append", default=[], help="add a dataset source (repeatable)"
     )
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        help="add a model source, owner/model/framework/instance/version (repeatable)",
+    )
     parser.add_argument("--stage", type=Path, default=None, help="write a push folder here")
 
 
@@ -445,7 +487,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     meta = existing
     if args.write:
-        meta = metadata_from_config(config, existing, tuple(args.dataset))
+        meta = metadata_from_config(config, existing, tuple(args.dataset), tuple(args.model))
         path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {path}")
     if not meta:

@@ -67,6 +67,7 @@ class SamplingParams:
             repetition_penalty=generation.repetition_penalty,
             seed=seed,
             stop=generation.stop,
+            top_logprobs=generation.top_logprobs,
         )
 
 

@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import polars as pl
+
 from submission.attempt_log import (
     DEFAULT_ATTEMPTS,
     AttemptLogError,
@@ -98,6 +100,19 @@ class SimEngine:
     def problem_text(problem_id: str) -> str:
         """A problem statement that makes this engine play logged problem `problem_id`."""
         return f"Simulated problem ({MARKER}{problem_id})."
+
+    @staticmethod
+    def problems_frame(problems: Sequence[LoggedProblem]) -> pl.DataFrame:
+        """A problems file (id, problem, answer) this engine plays as `problems`: each
+        logged problem's marker text and its right answer (null where none was right)."""
+        return pl.DataFrame(
+            {
+                "id": [p.problem_id for p in problems],
+                "problem": [SimEngine.problem_text(p.problem_id) for p in problems],
+                "answer": [p.correct_answer for p in problems],
+            },
+            schema={"id": pl.String, "problem": pl.String, "answer": pl.Int64},
+        )
 
     async def start(self) -> None:
         if not self._started:

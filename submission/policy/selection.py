@@ -52,3 +52,32 @@ class ErrorWeightedVote:
             return None
         first_seen = _first_seen(finished)
         return min(weights, key=lambda ans: (-weights[ans], first_seen[ans], ans))
+
+
+@dataclass(frozen=True)
+class EntropyWeightedVote:
+    """Each vote weighs 1 / its attempt's mean entropy: the surer the model, the more it counts.
+
+    The rule of the AIMO-3 anchor notebook that served gpt-oss-120b with logprobs
+    (AndreasBis/AIMO3-Solution@c01cf46,
+    `code/inference/gpt-oss-120b-with-tools/aimo-3-gpt-oss-120b-with-tools-version-16.ipynb`,
+    `_compute_mean_entropy` and `_select_answer`): the mean over generated tokens of
+    -sum p log p over the top-5 log-probabilities, weight `1 / max(entropy, 1e-9)`; an
+    attempt with no entropy weighs 0 (the notebook's `inf`). The weights' unit (bits there,
+    nats here) scales every weight alike, so the choice is the same. When no answered
+    attempt has an entropy (an engine without logprobs) it is the plain majority. Ties as in
+    MajorityVote.
+    """
+
+    def select(self, finished: Sequence[FinishedAttempt]) -> int | None:
+        answered = [a for a in finished if a.answer is not None]
+        if not answered:
+            return None
+        if all(a.entropy is None for a in answered):
+            return MajorityVote().select(finished)
+        weights: dict[int, float] = {}
+        for a in answered:
+            weight = 0.0 if a.entropy is None else 1.0 / max(a.entropy, 1e-9)
+            weights[a.answer] = weights.get(a.answer, 0.0) + weight  # type: ignore[index]
+        first_seen = _first_seen(finished)
+        return min(weights, key=lambda ans: (-weights[ans], first_seen[ans], ans))

@@ -15,7 +15,6 @@ root whose owner process is gone.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -23,9 +22,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from submission.config import PROFILES, Config, as_dict, load_config
+from submission.config import PROFILES, Config, config_toml, load_config
 
 KERNEL_FILE = Path(__file__).resolve().parents[1] / "kernel.py"
 ROOT_PREFIX = "aimo-rehearsal-"
@@ -130,7 +128,9 @@ def lay_out_wheels(dataset: Path, wheelhouse: Path, own_wheel: Path | None) -> N
     shutil.rmtree(dataset, ignore_errors=True)
     (dataset / "wheels").mkdir(parents=True)
     for item in wheelhouse.iterdir():
-        if item.name != "wheels":
+        if item.is_dir() and item.name != "wheels":  # e.g. tiktoken_encodings/
+            shutil.copytree(item, dataset / item.name)
+        elif item.name != "wheels":
             shutil.copy2(item, dataset / item.name)
     for wheel in (wheelhouse / "wheels").glob("*.whl"):
         if not (own_wheel is not None and wheel.name.startswith(OWN_WHEEL_PREFIX)):
@@ -171,24 +171,3 @@ def build_own_wheel(dest: Path) -> Path:
         )
     (built,) = dest.glob(f"{OWN_WHEEL_PREFIX}*.whl")
     return built
-
-
-def config_toml(config: Config) -> str:
-    """The fields that differ from the profile's defaults, as TOML (JSON scalars are TOML)."""
-    defaults = as_dict(load_config(config.profile.name))
-    lines: list[str] = []
-
-    def emit(section: str, values: dict[str, Any], base: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in values.items() if not isinstance(v, dict) and v != base[k]}
-        if scalars:
-            lines.append(f"[{section}]")
-            lines.extend(
-                f"{key} = {json.dumps(list(v) if isinstance(v, tuple) else v)}"
-                for key, v in scalars.items()
-            )
-        for key, value in values.items():
-            if isinstance(value, dict):
-                emit(f"{section}.{key}" if section else key, value, base[key])
-
-    emit("", as_dict(config), defaults)
-    return "\n".join(lines) + "\n"

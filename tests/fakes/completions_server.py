@@ -1,10 +1,10 @@
 """A small real OpenAI-compatible completions server on 127.0.0.1, backed by an Engine.
 
-`transformers serve` offers chat completions, not the raw-prompt
-`/v1/completions` the openai engine speaks, so the tests serve the hf engine
-through this: real sockets, real HTTP/1.1, real server-sent events, shaped
+The tests serve the hf engine through this (tests/test_model_server.py runs the
+real `transformers serve`): real sockets, real HTTP/1.1, real server-sent events, shaped
 like vLLM's responses (`stop_reason`, `include_stop_str_in_output`, usage
-stats) or SGLang's (`matched_stop`, stop string always trimmed). A client that
+stats, `owned_by` "vllm") or SGLang's (`matched_stop`, the stop string trimmed
+unless `no_stop_trim`, `owned_by` "sglang"). A client that
 disconnects aborts its request in the engine, as vLLM does.
 """
 
@@ -13,10 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from submission.engines.base import Engine, SamplingParams
+
+# A token's top log-probabilities for `logprobs: k` (k, seed, position) -> {token: logprob}.
+TopLogprobs = Callable[[int, int, int], dict[str, float]]
+
+
+def synthetic_top_logprobs(k: int, seed: int, position: int) -> dict[str, float]:
+    """A stand-in's top-k: a made-up distribution (no model here), surer for some seeds, so
+    the mean entropy differs between attempts. Not a model's numbers."""
+    sharpness = 1.0 + (seed % 5) + (position % 3) / 3
+    weights = [math.exp(-sharpness * rank) for rank in range(k)]
+    total = sum(weights) * 1.25  # the top-k hold 80 % of the mass
+    return {f"tok{rank}": math.log(w / total) for rank, w in enumerate(weights)}
 
 
 @dataclass
@@ -28,6 +42,11 @@ class CompletionsServer:
     drop_after_events: int | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     disconnects: int = 0
+    # GET /health answers 200 once this is true (a server still loading answers 503).
+    healthy: bool = True
+    top_logprobs: TopLogprobs = synthetic_top_logprobs
+    # Called after each completed request (a stand-in may crash there).
+    after_request: Callable[[int], None] | None = None
     port: int = 0
     _server: Any = None
 
@@ -47,8 +66,12 @@ class CompletionsServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             method, path, body = await _read_request(reader)
-            if method == "GET" and path == "/v1/models":
-                data = {"object": "list", "data": [{"id": self.model_name, "object": "model"}]}
+            if method == "GET" and path == "/health":
+                status = 200 if self.healthy else 503
+                await _respond_json(writer, status, {} if self.healthy else {"error": "loading"})
+            elif method == "GET" and path == "/v1/models":
+                card = {"id": self.model_name, "object": "model", "owned_by": self.style}
+                data = {"object": "list", "data": [card]}
                 await _respond_json(writer, 200, data)
             elif method == "POST" and path == "/v1/completions":
                 await self._complete(reader, writer, json.loads(body))
@@ -78,8 +101,17 @@ class CompletionsServer:
             repetition_penalty=float(request.get("repetition_penalty", 1.0)),
             seed=request.get("seed"),
             stop=(stop,) if isinstance(stop, str) else tuple(stop),
+            stop_token_ids=tuple(request.get("stop_token_ids") or ()),
         )
-        keep_stop = self.style == "vllm" and bool(request.get("include_stop_str_in_output"))
+        prompt = request["prompt"]
+        if not isinstance(prompt, str) and not self.engine.token_prompts:
+            await _respond_json(writer, 400, {"error": "this stand-in serves text prompts only"})
+            return
+        k = int(request.get("logprobs") or 0)
+        return_ids = bool(request.get("return_token_ids"))
+        keep_stop = bool(
+            request.get("include_stop_str_in_output" if self.style == "vllm" else "no_stop_trim")
+        )
         drop_after, self.drop_after_events = self.drop_after_events, None
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
@@ -87,7 +119,7 @@ class CompletionsServer:
         client_gone = asyncio.ensure_future(reader.read(1))  # b"" when the client hangs up
         tokens = 0
         events = 0
-        async with contextlib.aclosing(self.engine.stream(request["prompt"], params)) as chunks:
+        async with contextlib.aclosing(self.engine.stream(prompt, params)) as chunks:
             async for chunk in chunks:
                 if client_gone.done():
                     self.disconnects += 1
@@ -99,7 +131,18 @@ class CompletionsServer:
                     "finish_reason": chunk.finish_reason,
                 }
                 if chunk.finish_reason is not None:
-                    choice["stop_reason" if self.style == "vllm" else "matched_stop"] = chunk.stop
+                    named = chunk.stop if chunk.stop_token is None else chunk.stop_token
+                    choice["stop_reason" if self.style == "vllm" else "matched_stop"] = named
+                if return_ids and self.style == "vllm":
+                    choice["token_ids"] = list(chunk.token_ids)
+                if k:
+                    first = tokens - chunk.tokens
+                    choice["logprobs"] = {
+                        "top_logprobs": [
+                            self.top_logprobs(k, params.seed or 0, first + i)
+                            for i in range(chunk.tokens)
+                        ]
+                    }
                 event = {"object": "text_completion", "model": self.model_name, "choices": [choice]}
                 if self.style == "vllm":
                     event["usage"] = {"completion_tokens": tokens}
@@ -112,6 +155,8 @@ class CompletionsServer:
         writer.write(b"data: [DONE]\n\n")
         await writer.drain()
         client_gone.cancel()
+        if self.after_request is not None:
+            self.after_request(len(self.requests))
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
