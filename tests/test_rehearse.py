@@ -323,7 +323,8 @@ def rehearse_args(tmp_path: Path, *extra: str, cpython: str = "312") -> list[str
     # What offline_wheels/download.py makes (by default for Kaggle's Python 3.12).
     wheel = f"pyarrow-26.0.1-cp{cpython}-cp{cpython}-manylinux_2_28_x86_64.whl"
     (wheelhouse / "wheels" / wheel).write_bytes(b"")
-    (wheelhouse / "wheels" / "polars-2.1.0-py3-none-any.whl").write_bytes(b"")
+    for name in ("polars", "numpy", "sympy", "psutil", "rich", "matplotlib", "httpx"):
+        (wheelhouse / "wheels" / f"{name}-1.0-py3-none-any.whl").write_bytes(b"")
     return [
         "rehearse", "--sim", "--wheelhouse", str(wheelhouse), "--image-wheels", str(image),
         "--out", str(tmp_path / "out"), *extra,
@@ -379,3 +380,31 @@ def test_each_kaggle_evaluation_picks_its_profile(
     )
     with pytest.raises(rehearse.RehearsalInputError, match="holds aimo2's kaggle_evaluation"):
         rehearse.plan_rehearsal(args)
+
+
+def test_a_wheelhouse_older_than_the_checkout_is_said_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A wheelhouse built before the package needed httpx cannot install the rebuilt wheel
+    (before: both kernels stopped, and the rerun's gateway waited out the timeout)."""
+    from submission.__main__ import main
+
+    args = rehearse_args(tmp_path)
+    (tmp_path / "wheelhouse" / "wheels" / "httpx-1.0-py3-none-any.whl").unlink()
+    assert main(args) == 2
+    assert "has no wheel of httpx, which this checkout's package needs" in capsys.readouterr().err
+
+
+def test_a_run_ends_when_its_kernel_ends_before_the_gateway(tmp_path: Path) -> None:
+    """A kernel that stops (exit 3: its wheels did not install) will never serve: the rerun
+    ends then, not at the timeout, and says why."""
+    env = {"PATH": os.environ["PATH"], "AIMO_KAGGLE_ROOT": str(tmp_path / "kaggle")}
+    kernel = Process("kernel", ["sh", "-c", "exit 3"], env, str(tmp_path), str(tmp_path / "k"))
+    gateway = Process("gateway", ["sleep", "600"], env, str(tmp_path), str(tmp_path / "g"))
+    settings = RunSettings(Path(sys.executable), sys.executable, 300.0, Progress(enabled=False))
+    verdict = Verdict("rerun", profile="aimo3")
+    started = time.monotonic()
+    _supervise(verdict, [kernel, gateway], tmp_path / "spec.json", settings, {})
+    assert time.monotonic() - started < 60
+    assert verdict.exits == {"kernel": 3}
+    assert gone_within(tmp_path, 10) == []

@@ -42,7 +42,13 @@ from submission.config import (
 from submission.rehearsal.isolation import loopback_is_up, own_namespaces_allowed
 from submission.rehearsal.progress import Progress
 from submission.rehearsal.runs import RunSettings, rehearse_interactive, rehearse_rerun
-from submission.rehearsal.tree import build_own_wheel, evaluation_profiles, lay_out, make_root
+from submission.rehearsal.tree import (
+    build_own_wheel,
+    evaluation_profiles,
+    lay_out,
+    make_root,
+    missing_dependency_wheels,
+)
 from submission.rehearsal.venvs import (
     PythonChoiceError,
     build_gateway_venv,
@@ -143,6 +149,16 @@ def plan_rehearsal(args: argparse.Namespace) -> Plan:
             problems.append(f"{what} not found: {path}")
     if not list(args.wheelhouse.glob("wheels/*.whl")) and args.wheelhouse.is_dir():
         problems.append(f"no wheels in {args.wheelhouse}/wheels: build it with offline_wheels/")
+    elif (
+        args.wheelhouse.is_dir()
+        and not args.no_rebuild
+        and (missing := missing_dependency_wheels(args.wheelhouse))
+    ):
+        problems.append(
+            f"the wheelhouse {args.wheelhouse} has no wheel of {', '.join(missing)}, which "
+            "this checkout's package needs: rebuild it (python offline_wheels/download.py "
+            "--out DIR), or rehearse its own wheel (--no-rebuild)"
+        )
     evaluations: dict[str, Path] = {}
     for folder in args.kaggle_evaluation:
         found = evaluation_profiles(folder)

@@ -73,11 +73,14 @@ class IsolatedRun:
         self, processes: list[Process], main: str, spec_file: Path, grace_s: float = 20.0
     ) -> None:
         self.namespaces = own_namespaces_allowed()
+        self.exits_file = spec_file.with_suffix(".exits.json")
+        self.exits_file.unlink(missing_ok=True)
         spec = {
             "processes": [asdict(p) for p in processes],
             "main": main,
             "grace_s": grace_s,
             "loopback": self.namespaces,
+            "exits": str(self.exits_file),
         }
         spec_file.write_text(json.dumps(spec, indent=1), encoding="utf-8")
         supervisor = [sys.executable, "-m", "submission.rehearsal.supervisor", str(spec_file)]
@@ -94,6 +97,13 @@ class IsolatedRun:
 
     def poll(self) -> int | None:
         return self.process.poll()
+
+    def exits(self) -> dict[str, int | None]:
+        """The exit codes of the run's processes that ended by themselves (after stop())."""
+        try:
+            return json.loads(self.exits_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
 
     def stop(self) -> int:
         """End the run now: SIGTERM to the supervisor (it ends its processes), then SIGKILL."""

@@ -155,7 +155,12 @@ def rehearse_rerun(tree: Tree, config: Config, settings: RunSettings, logs: Path
         {kernel_log: "kernel", gateway_log: "gateway"},
     )
     verdict.gateway_log = str(gateway_log)
-    if code != 0:
+    if "gateway" not in verdict.exits and verdict.exits.get("kernel") is not None:
+        verdict.faults.append(
+            f"the kernel exited {verdict.exits['kernel']} before the gateway was done "
+            f"(its log: {kernel_log})"
+        )
+    elif code != 0:
         tail = gateway_log.read_text(errors="replace")[-1500:] if gateway_log.exists() else ""
         what = f"gateway exit {code}" if code is not None else "gateway timed out (stopped)"
         verdict.faults.append(f"{what}: {tail}")
@@ -200,6 +205,7 @@ def _supervise(
             time.sleep(0.2)
     finally:
         code = run.stop()
+        verdict.exits = run.exits()
         verdict.wall_s = time.monotonic() - run.started
         for tail in tails:
             tail.poll()

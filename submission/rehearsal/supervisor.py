@@ -8,8 +8,11 @@ down, and the gateway reaches the server over 127.0.0.1), starts each process
 of the spec with its output in its log, and waits for the `main` one. Then,
 or on SIGTERM/SIGINT, it sends SIGTERM to every process it started and to
 every descendant (it is their subreaper, so processes that left their parent
-are still its descendants), waits `grace_s`, and SIGKILLs what is left. Its
-exit code is the main process's (143 when it was stopped first).
+are still its descendants), waits `grace_s`, and SIGKILLs what is left; a
+process other than the main one that ends first ends the run too. It writes
+the exit codes of the processes that ended by themselves to the spec's
+`exits` file; its own exit code is the main process's (143 when it was stopped
+first).
 
 Standard library and psutil only: it runs with the rehearsing interpreter.
 """
@@ -90,17 +93,22 @@ def run(spec: dict[str, Any]) -> int:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-    main = started[spec["main"]]
-    while main.poll() is None and not stop["requested"]:
+    # The run ends with the main process, or with any other that ends first (a kernel that
+    # stopped will never serve the gateway waiting for it).
+    while all(p.poll() is None for p in started.values()) and not stop["requested"]:
         time.sleep(0.1)
-    if main.returncode is None:
-        code = STOPPED_EXIT
-    else:  # a signal's death (-9) as a shell reports it (137)
-        code = main.returncode if main.returncode >= 0 else 128 - main.returncode
+    ended = {name: _shell_code(p.returncode) for name, p in started.items() if p.poll() is not None}
+    Path(spec["exits"]).write_text(json.dumps(ended), encoding="utf-8")
+    code = ended.get(spec["main"], STOPPED_EXIT)
     end_all(float(spec.get("grace_s", 20.0)))
     for process in started.values():
         process.poll()
     return code
+
+
+def _shell_code(returncode: int | None) -> int | None:
+    """A signal's death (-9) as a shell reports it (137)."""
+    return None if returncode is None else (returncode if returncode >= 0 else 128 - returncode)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ root whose owner process is gone.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -137,6 +138,22 @@ def lay_out_wheels(dataset: Path, wheelhouse: Path, own_wheel: Path | None) -> N
             (dataset / "wheels" / wheel.name).symlink_to(wheel.resolve())
     if own_wheel is not None:
         (dataset / "wheels" / own_wheel.name).symlink_to(own_wheel.resolve())
+
+
+def missing_dependency_wheels(wheelhouse: Path) -> list[str]:
+    """The checkout's runtime dependencies (pyproject.toml) that have no wheel in the
+    wheelhouse: a wheelhouse built before they were added cannot install our rebuilt wheel."""
+    import tomllib
+
+    repo = Path(__file__).resolve().parents[2]
+    project = tomllib.loads((repo / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    names = {_normal(re.match(r"[A-Za-z0-9_.-]+", d).group(0)) for d in project["dependencies"]}
+    have = {_normal(w.name.split("-")[0]) for w in (wheelhouse / "wheels").glob("*.whl")}
+    return sorted(names - have)
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
 
 
 def build_own_wheel(dest: Path) -> Path:

@@ -34,6 +34,7 @@ class Verdict:
     faults: list[str] = field(default_factory=list)
     log: str = ""  # the kernel's
     gateway_log: str = ""  # a rerun's
+    exits: dict[str, int | None] = field(default_factory=dict)  # processes that ended themselves
 
 
 def read_log(verdict: Verdict, log_file: Path, launched: float, serving: tuple[str, ...]) -> None:
