@@ -251,7 +251,9 @@ class SandboxConfig:
     # Per session: a memory cgroup caps all its processes together where the machine has
     # one; every process also gets this address-space limit (RLIMIT_AS -> MemoryError).
     memory_mb: Annotated[int, Range(ge=1)] = 4096
-    cpu_time_s: Annotated[int, Range(ge=1)] = 60  # RLIMIT_CPU per session process
+    # CPU seconds one call may use (RLIMIT_CPU, renewed before every call: a session's
+    # cells may use many times this over its life; a restore's re-run cells each get it).
+    cpu_time_s: Annotated[int, Range(ge=1)] = 60
     file_size_mb: Annotated[int, Range(ge=1)] = 64  # RLIMIT_FSIZE per file
     # Size of the session's private tmpfs (its /tmp, /var/tmp, /dev/shm, /run/lock and
     # working directory together) where mount namespaces work.
@@ -287,9 +289,12 @@ class SandboxConfig:
     # A timed-out cell is interrupted (KeyboardInterrupt, as Jupyter); when that has not
     # ended it within this grace, the process is killed and the session restored.
     interrupt_grace_s: Annotated[float, Range(ge=0)] = 0.3
-    # Restoring a killed or crashed session re-runs its successful cells within this cap;
-    # past it the state is lost (the session starts empty).
+    # Restoring a killed or crashed session re-runs its cells that ended ok or with an error
+    # (in order) within this cap; past it the state is lost (the session starts empty).
     restore_timeout_s: Annotated[float, Range(ge=0)] = 20.0
+    # The restore runs in the background: the call whose session died waits for it this
+    # long (to report its outcome), then returns; the session's next call waits for it.
+    restore_wait_s: Annotated[float, Range(ge=0)] = 0.5
     # Harness environment variables a session may see (all others are dropped).
     environment: Annotated[tuple[str, ...], NoEmptyItems()] = (
         "PATH",
@@ -302,6 +307,8 @@ class SandboxConfig:
     # Guards that need the machine's support; each is used only when it works here.
     use_cgroups: bool = True  # cgroup v1 memory + pids per session
     use_namespaces: bool = True  # private mount (tmpfs), network (no interfaces), IPC
+    # A seccomp filter refusing keyrings, new namespaces, mounts, ptrace, bpf, io_uring...
+    use_seccomp: bool = True
 
 
 @dataclass

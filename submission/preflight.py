@@ -7,8 +7,8 @@ against the run (prefix reuse, its GPUs against the machine's), the interpreter
 and MPI the pinned TensorRT-LLM needs, the engine built from the config, the
 model server the openai engine would start (its package, the weights folder, a
 free port), the model family's own needs (harmony: openai-harmony and its
-vocabulary's hash), the embedded default data, and the sandbox (one real call,
-with its guards). `CHECKS` is the
+vocabulary's hash), the embedded default data, and the sandbox (one real call
+that also imports a module no session preloaded, with its guards). `CHECKS` is the
 list, in order: one function per check, taking the config and yielding its
 findings. `python -m submission doctor` prints them; the kernel runs them all as
 its preflight (submission/kernel.py), so a check added here runs there too.
@@ -197,19 +197,29 @@ def check_embedded_data(config: Config) -> Iterator[Check]:
     yield Check("embedded data", "ok" if files else "fail", ", ".join(files) or "missing")
 
 
+# A module no session preloads, imported in the sandbox call: the first cell that needs a
+# module the fork server did not import (sympy's nroots does) fails here, not in an attempt,
+# when sessions cannot see the interpreter's files (a venv under /tmp behind a private /tmp).
+LAZY_IMPORT = "sympy.tensor.tensor"
+
+
 def check_sandbox(config: Config) -> Iterator[Check]:
     from submission.families.registry import create_family
     from submission.sandbox import Sandbox
 
+    cell = f"import {LAZY_IMPORT}\nimport sympy\nprint(sympy.factorint(360))"
     try:
         with Sandbox.from_config(config, create_family(config).session_prelude) as sandbox:
-            result = sandbox.run("import sympy\nprint(sympy.factorint(360))", "doctor", 30.0)
+            result = sandbox.run(cell, "doctor", 30.0)
             guards = "; ".join(f"{name}: {how}" for name, how in sandbox.guards().items())
     except Exception as exc:  # report any failure to start as a failed check, not a crash
         yield Check("sandbox", "fail", f"{type(exc).__name__}: {exc}")
         return
     ok = result.status == "ok" and "{2: 3, 3: 2, 5: 1}" in result.stdout
     detail = f"{result.status} in {result.seconds * 1000:.1f} ms; guards: {guards}"
+    if not ok:
+        error = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        detail = f"`import {LAZY_IMPORT}` in a session: {result.status}, {error}; {detail}"
     yield Check("sandbox", "ok" if ok else "fail", detail)
 
 

@@ -1,7 +1,7 @@
 """Probes for the adversarial sandbox suite: what a session left on the host; what the host offers.
 
 A hostile cell may leave processes, files in the shared temporary folders, SysV IPC
-objects, POSIX message queues, mounts or cgroups behind. `HostSnapshot.take()`
+objects, POSIX message queues, mounts, cgroups or kernel keys behind. `HostSnapshot.take()`
 records each before the cell runs; `leftovers(...)` lists what is new afterwards and
 belongs to the session (its uid, its process tree, or a name carrying `MARK`). Other
 programs on the same machine (other test runs, other sandboxes) create things too, so
@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -179,6 +180,18 @@ def mount_points() -> set[tuple[str, str]]:
     return points
 
 
+def keys_by_uid() -> dict[int, int]:
+    """How many kernel keys each uid holds (/proc/key-users: `uid: usage nkeys/nikeys ...`);
+    keyrings are not namespaced, so keys a session made outlive it unless removed."""
+    counts: dict[int, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/key-users").read_text().splitlines():
+            uid, _, rest = line.partition(":")
+            with contextlib.suppress(ValueError, IndexError):
+                counts[int(uid)] = int(rest.split()[1].split("/")[0])
+    return counts
+
+
 def shared_tmp_names() -> dict[str, set[str]]:
     names: dict[str, set[str]] = {}
     for folder in SHARED_TMP:
@@ -197,11 +210,12 @@ class HostSnapshot:
     ipc: set[IpcObject]
     mqueues: set[str] | None
     mounts: set[tuple[str, str]]
+    keys: dict[int, int]
 
     @classmethod
     def take(cls) -> HostSnapshot:
         mqueues = posix_mqueues() if _mqueue_listing_works() else None
-        return cls(shared_tmp_names(), sysv_objects(), mqueues, mount_points())
+        return cls(shared_tmp_names(), sysv_objects(), mqueues, mount_points(), keys_by_uid())
 
 
 def session_processes(identity: SessionIdentity, our_servers: Iterable[int]) -> set[int]:
@@ -291,6 +305,10 @@ def leftovers(
     mounts = mount_points() - before.mounts
     if mounts:
         found["mounts"] = sorted(mounts)
+    if identity.uid is not None and identity.uid != os.geteuid():
+        keys = keys_by_uid().get(identity.uid, 0)
+        if keys > before.keys.get(identity.uid, 0):
+            found["kernel keys"] = f"uid {identity.uid} holds {keys}"
     for controller, path in identity.cgroups.items():
         group = Path("/sys/fs/cgroup") / controller / path.lstrip("/")
         tasks = group / "cgroup.procs"
@@ -345,8 +363,28 @@ def scrub(workdirs: Iterable[str] = (), uids: Iterable[int] = ()) -> None:
         if obj.key == IPC_KEY or obj.cuid in session_uids:
             flag = {"shm": "-m", "sem": "-s", "msg": "-q"}[obj.kind]
             subprocess.run(["ipcrm", flag, str(obj.ident)], capture_output=True)
+    for uid in session_uids:
+        clear_keyrings(uid)
     librt = ctypes.util.find_library("rt")
     if librt is not None:
         mq_unlink = ctypes.CDLL(librt).mq_unlink
         for name in (f"/{MARK}", f"/{MARK}-b"):
             mq_unlink(name.encode())
+
+
+def clear_keyrings(uid: int) -> None:
+    """Unlink every key from `uid`'s user and user-session keyrings (what a sandbox without
+    a keyring guard leaves there), as that uid in a throw-away child; needs root."""
+    if not AS_ROOT or platform.machine() != "x86_64":  # the syscall number is x86_64's
+        return
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setgid(65534)
+            os.setuid(uid)
+            libc = ctypes.CDLL(None)
+            for ring in (-4, -5):  # KEY_SPEC_USER_KEYRING, KEY_SPEC_USER_SESSION_KEYRING
+                libc.syscall(250, 7, ctypes.c_long(ring))  # keyctl(KEYCTL_CLEAR, ring)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)

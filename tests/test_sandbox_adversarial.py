@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import json
 import os
+import platform
 import re
 import socket
 import stat
@@ -47,6 +48,7 @@ from tests.sandbox_probe import (
     HostSnapshot,
     SessionIdentity,
     alive,
+    can_unshare,
     cgroup_v1_writable,
     cgroups_of,
     eventually,
@@ -2549,3 +2551,360 @@ def test_a_bare_expression_shows_even_after_print_is_replaced(sandbox: Sandbox) 
         assert (shown.status, shown.stdout) == ("ok", "42\n"), shown
     finally:
         close_quietly(sandbox, session)
+
+
+# -- issue 18: kernel state no namespace covers, forged statuses, internals shown ------------
+
+X86_64 = platform.machine() == "x86_64"
+# Raw system calls (x86_64 numbers) for the keyring and namespace cells below.
+SYSCALLS = """
+import ctypes, errno, os
+libc = ctypes.CDLL(None, use_errno=True)
+def call(nr, *args):
+    ctypes.set_errno(0)
+    got = libc.syscall(nr, *args)
+    return got if got >= 0 else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+def add_key(desc, ring):
+    return call(248, b'user', desc.encode(), b'@MARK@', 6, ctypes.c_long(ring))
+"""
+ROUND3_CASES: dict[str, Case] = {
+    "a key in every keyring it can name": case(
+        SYSCALLS
+        + "stored = {ring: add_key(f'@MARK@-{ring}', ring) for ring in (-1, -2, -3, -4, -5)}\n"
+        + "joined = call(250, 1, b'@MARK@-ring')  # KEYCTL_JOIN_SESSION_KEYRING\n"
+        + "persistent = call(250, 22, -1, ctypes.c_long(-4))  # KEYCTL_GET_PERSISTENT\n"
+        + "print({k: v for k, v in stored.items() if isinstance(v, int)} and 'KEYSTORED',"
+        + " joined, persistent)",
+        "ok",
+        check=no("KEYSTORED"),
+    ),
+    "the uid's whole key quota": case(
+        SYSCALLS
+        + "n = 0\nwhile n < 400 and isinstance(add_key(f'@MARK@-fill-{n}', -4), int):\n"
+        + "    n += 1\nprint('FILLED', n)",
+        "ok",
+        check=no("FILLED 1", "FILLED 2", "FILLED 3"),
+    ),
+    "request_key with a callout to userspace": case(
+        SYSCALLS
+        + "got = call(249, b'user', b'@MARK@-callout', b'info', ctypes.c_long(-4))\n"
+        + "print('REACHED' if isinstance(got, int) else got)",
+        "ok",
+        check=no("REACHED"),
+    ),
+    "a user namespace of its own (root inside, a tmpfs past disk_mb)": case(
+        SYSCALLS
+        + "print('UNSHARED' if call(272, 0x10000000) == 0 else 'refused')  # CLONE_NEWUSER",
+        "ok",
+        check=no("UNSHARED"),
+    ),
+    "unshare -r and a tmpfs through the shell": case(
+        "import os\n_ = os.system(\"unshare -r -m sh -c 'mount -t tmpfs -o size=@DISK@m none /mnt"
+        " && echo MOUNTED' 2>/dev/null\")",
+        "ok",
+        check=no("MOUNTED"),
+    ),
+    "clone with CLONE_NEWUSER": case(
+        SYSCALLS
+        + "got = call(56, 0x10000000 | 17, 0, 0, 0, 0)  # clone(CLONE_NEWUSER | SIGCHLD)\n"
+        + "if got == 0:\n    os._exit(0)\nprint('CLONED' if isinstance(got, int) else got)",
+        "ok",
+        check=no("CLONED"),
+    ),
+    "setns into the harness's namespaces": case(
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "for ns in ('net', 'mnt', 'ipc', 'user'):\n"
+        "    try:\n        fd = os.open(f'/proc/@HARNESS@/ns/{ns}', os.O_RDONLY)\n"
+        "    except OSError as e:\n        print(ns, e)\n        continue\n"
+        "    print('REACHED' if libc.setns(fd, 0) == 0 else 'refused', ns)",
+        "ok",
+        check=no("REACHED"),
+    ),
+    "io_uring, userfaultfd, perf_event_open and bpf": case(
+        SYSCALLS
+        + "params = ctypes.create_string_buffer(120)\n"
+        + "attr = ctypes.create_string_buffer(128)\n"
+        + "got = {'io_uring': call(425, 8, params), 'userfaultfd': call(323, 0),\n"
+        + "       'perf': call(298, attr, 0, -1, -1, 0), 'bpf': call(321, 0, attr, 72)}\n"
+        + "print({k: 'REACHED' for k, v in got.items() if isinstance(v, int)}, got)",
+        "ok",
+        check=no("REACHED"),
+    ),
+    "keyctl through the x32 system call numbers": case(
+        SYSCALLS + "got = call(0x40000000 | 248, b'user', b'@MARK@-x32', b'x', 1, -4)\n"
+        "print('REACHED' if isinstance(got, int) else got)",
+        "ok",
+        check=no("REACHED"),
+    ),
+    "add_key through the 32-bit int 0x80 entry": case(
+        "import ctypes, mmap\n"
+        "page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)\n"
+        "page.write(b'\\xb8\\x1e\\x01\\x00\\x00\\xcd\\x80\\xc3')  # mov eax, 286; int 0x80; ret\n"
+        "address = ctypes.addressof(ctypes.c_char.from_buffer(page))\n"
+        "got = ctypes.CFUNCTYPE(ctypes.c_int)(address)()\n"
+        "print('REACHED', got)",
+        "ok",
+        "crashed",
+        "killed",
+        check=no("REACHED"),
+    ),
+    "its own CPU limit lifted to the hard limit": case(
+        "import resource\n_, hard = resource.getrlimit(resource.RLIMIT_CPU)\n"
+        "resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))\n"
+        "print('HARD', hard)",
+        "ok",
+        "error",
+    ),
+    "a profile hook that sleeps in the REPL's own code": case(
+        "import sys, time\nsys.setprofile(lambda *a: time.sleep(5))",
+        "ok",
+        "timeout",
+        "killed",
+        "crashed",
+        timeout=2.0,
+        self_harm=True,
+    ),
+    "a trace hook that raises in the REPL's own code": case(
+        "import sys\ndef hook(*a):\n    raise RuntimeError('hooked')\nsys.settrace(hook)\n"
+        "sys.setprofile(hook)",
+        "ok",
+        "error",
+        self_harm=True,
+        check=lambda r: not_harness(r),
+    ),
+    "builtins emptied": case(
+        "import builtins\nbuiltins.__dict__.clear()",
+        "ok",
+        "error",
+        self_harm=True,
+        check=lambda r: not_harness(r),
+    ),
+}
+
+# What a session shows must never name the harness's own files (a model would read them).
+HARNESS_WORDS = ("forkserver.py", "repl.py", "session setup failed", "submission/sandbox")
+
+
+def not_harness(result: ExecResult) -> None:
+    for word in HARNESS_WORDS:
+        assert word not in result.output, result
+
+
+@pytest.mark.skipif(not X86_64, reason="the cells use x86_64 system call numbers")
+@pytest.mark.parametrize("name", ROUND3_CASES)
+def test_kernel_state_and_hooks_keep_the_promise(sandbox: Sandbox, name: str) -> None:
+    hold_promise(sandbox, name, ROUND3_CASES[name])
+
+
+@pytest.mark.skipif(not (AS_ROOT and X86_64), reason="uids per session need root")
+def test_a_key_open_to_all_is_not_readable_from_a_concurrent_session(sandbox: Sandbox) -> None:
+    """A key given every permission (KEYCTL_SETPERM) is listed in /proc/keys for any uid
+    that may view it: another session must not read it."""
+    writer = fill(
+        SYSCALLS + "key = add_key('@MARK@-open', -4)\n"
+        "if isinstance(key, int):\n    call(250, 5, key, 0x3F3F3F3F)  # KEYCTL_SETPERM\n"
+        "print(key)"
+    )
+    reader = fill(
+        "try:\n    print('REACHED' if '@MARK@-open' in open('/proc/keys').read() else 'unseen')\n"
+        "except OSError as e:\n    print(e)"
+    )
+    try:
+        identify(sandbox, "adv-key-writer")
+        identify(sandbox, "adv-key-reader")
+        assert timed_run(sandbox, writer, "adv-key-writer", 10).status == "ok"
+        read = timed_run(sandbox, reader, "adv-key-reader", 10)
+        assert read.status == "ok" and "REACHED" not in read.stdout, read
+    finally:
+        close_quietly(sandbox, "adv-key-writer", "adv-key-reader")
+
+
+def test_a_cell_that_interrupts_itself_did_not_time_out(sandbox: Sandbox) -> None:
+    """Only the harness's deadline makes a `timeout`: a cell's own SIGINT is its own error."""
+    session = "adv-self-sigint"
+    try:
+        assert sandbox.run("kept = 41", session=session).status == "ok"
+        result = timed_run(
+            sandbox, "import os, signal\nos.kill(os.getpid(), signal.SIGINT)", session, 5
+        )
+        assert (result.status, result.state) == ("error", "kept"), result
+        assert "KeyboardInterrupt" in result.stderr, result
+        after = timed_run(sandbox, "print(kept + 1)", session, 5)
+        assert (after.status, after.stdout) == ("ok", "42\n"), after
+    finally:
+        close_quietly(sandbox, session)
+
+
+def test_a_child_sending_sigint_never_makes_a_cell_time_out(sandbox: Sandbox) -> None:
+    session = "adv-sigint-child"
+    pester = (
+        "import os, signal, time\nparent = os.getpid()\n"
+        "if os.fork() == 0:\n    while True:\n        os.kill(parent, signal.SIGINT)\n"
+        "        time.sleep(0.002)"
+    )
+    try:
+        assert timed_run(sandbox, pester, session, 5).status in {"ok", "error"}
+        for _ in range(10):
+            result = timed_run(sandbox, "x = sum(range(10 ** 5))", session, 5)
+            assert result.status in {"ok", "error"}, result
+    finally:
+        close_quietly(sandbox, session)
+
+
+FORGER = """
+import os, socket, struct, sys, time, json
+def seq_of_this_call():
+    frame = sys._getframe()
+    while frame is not None:
+        request = frame.f_locals.get('request')
+        if isinstance(request, dict) and 'seq' in request:
+            return request['seq']
+        frame = frame.f_back
+channel = None
+for name in os.listdir('/proc/self/fd'):
+    try:
+        if os.readlink(f'/proc/self/fd/{name}').startswith('socket:'):
+            channel = int(name)
+    except OSError:
+        pass
+seq = seq_of_this_call()
+if os.fork() == 0:
+    for _ in range(400):
+        for ahead in range(1, 4):
+            body = json.dumps({'status': 'ok', 'seq': seq + ahead}).encode()
+            try:
+                os.write(channel, struct.pack('!I', len(body)) + body)
+            except OSError:
+                os._exit(0)
+        time.sleep(0.01)
+    os._exit(0)
+print('forging from', seq)
+"""
+
+
+def test_a_leftover_child_cannot_answer_for_the_session(sandbox: Sandbox) -> None:
+    """A child of the session holds its channel and sends well-formed replies with the
+    next calls' numbers: only the session process itself may answer."""
+    session = "adv-child-forger"
+    try:
+        assert timed_run(sandbox, FORGER, session, 5).status == "ok"
+        for _ in range(3):
+            ran = timed_run(sandbox, "import time\ntime.sleep(0.3)\nprint('ran')", session, 5)
+            assert (ran.status, ran.stdout) == ("ok", "ran\n"), ran
+    finally:
+        close_quietly(sandbox, session)
+
+
+def test_replacing_the_repls_functions_does_not_fake_results(sandbox: Sandbox) -> None:
+    session = "adv-repl-patched"
+    patch = (
+        "import submission.sandbox.repl as r\n"
+        "r.run_cell = lambda *a, **k: 'ok'\nr._run_interruptible = lambda *a, **k: 'ok'"
+    )
+    try:
+        assert timed_run(sandbox, patch, session, 5).status == "ok"
+        ran = timed_run(sandbox, "print('ran')\n1 / 0", session, 5)
+        assert (ran.status, ran.stdout) == ("error", "ran\n"), ran
+        assert "ZeroDivisionError" in ran.stderr, ran
+    finally:
+        close_quietly(sandbox, session)
+
+
+# Exceptions whose attributes the REPL reads to format them raise when read.
+BROKEN_EXCEPTIONS = {
+    "__name__ of its class": (
+        "class Meta(type):\n    @property\n    def __name__(cls):\n"
+        "        raise RuntimeError('no')\n"
+        "class Broken(Exception, metaclass=Meta):\n    pass\nraise Broken('x')"
+    ),
+    "__cause__": (
+        "class Broken(Exception):\n    @property\n    def __cause__(self):\n"
+        "        raise RuntimeError('no')\nraise Broken('x')"
+    ),
+    "__context__ and __suppress_context__": (
+        "class Broken(Exception):\n    @property\n    def __context__(self):\n"
+        "        raise RuntimeError('no')\n    @property\n    def __suppress_context__(self):\n"
+        "        raise RuntimeError('no')\n"
+        "try:\n    1 / 0\nexcept Exception:\n    raise Broken('x')"
+    ),
+    "__traceback__": (
+        "class Broken(Exception):\n    @property\n    def __traceback__(self):\n"
+        "        raise RuntimeError('no')\nraise Broken('x')"
+    ),
+    "lineno of a SyntaxError": (
+        "class Broken(SyntaxError):\n    @property\n    def lineno(self):\n"
+        "        raise RuntimeError('no')\nraise Broken('x')"
+    ),
+    "__str__ and __repr__": (
+        "class Broken(Exception):\n    def __str__(self):\n        raise RuntimeError('no')\n"
+        "    def __repr__(self):\n        raise RuntimeError('no')\nraise Broken('x')"
+    ),
+    "a cause chain of itself": (
+        "a, b = ValueError('a'), ValueError('b')\na.__cause__ = b\nb.__cause__ = a\nraise a"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_EXCEPTIONS)
+def test_an_exception_that_breaks_formatting_is_an_error_not_a_crash(
+    sandbox: Sandbox, name: str
+) -> None:
+    session = f"adv-broken-{re.sub(r'[^A-Za-z0-9]+', '-', name)}"
+    try:
+        assert sandbox.run("kept = 41", session=session).status == "ok"
+        result = timed_run(sandbox, BROKEN_EXCEPTIONS[name], session, 5)
+        assert (result.status, result.state) == ("error", "kept"), result
+        assert result.stderr.strip(), result
+        not_harness(result)
+        after = timed_run(sandbox, "print(kept + 1)", session, 5)
+        assert (after.status, after.stdout) == ("ok", "42\n"), after
+    finally:
+        close_quietly(sandbox, session)
+
+
+def test_hooks_a_cell_leaves_never_show_the_harness(sandbox: Sandbox) -> None:
+    """gc callbacks, an unraisable hook and emptied builtins run their code inside the
+    REPL's own: what the next cells show still names none of its files."""
+    session = "adv-hooks"
+    cells = [
+        "import gc\ngc.callbacks.append(lambda *a: 1 / 0)\ngc.collect()",
+        "import gc, traceback\ngc.callbacks.append(lambda *a: traceback.print_stack())",
+        "import builtins\nbuiltins.__dict__.clear()",
+        "x = [list(range(100)) for _ in range(10000)]\nprint(len(x))",
+        "print('still here')",
+    ]
+    try:
+        for cell in cells:
+            result = timed_run(sandbox, cell, session, 10)
+            not_harness(result)
+        assert result.status == "ok" and "still here" in result.stdout, result
+    finally:
+        close_quietly(sandbox, session)
+
+
+@pytest.mark.skipif(
+    not (AS_ROOT and cgroup_v1_writable("pids") and can_unshare("--pid", "--fork", "--mount-proc")),
+    reason="needs root, cgroup v1 and pid namespaces",
+)
+def test_a_harness_in_a_pid_namespace_of_its_own_leaves_other_sandboxes_alone() -> None:
+    """A harness run as the rehearsal runs it (`unshare --pid --mount-proc`) sees none of
+    the host's pids: it must not take the cgroups of a Sandbox that has no session at the
+    moment for a dead harness's and remove them."""
+    with Sandbox.from_config(CONFIG) as sb:
+        cells = [json.dumps(SMALL_LIMITS), json.dumps(["print(6 * 7)"])]
+        isolated = ["unshare", "--pid", "--fork", "--mount-proc"]
+        other = subprocess.Popen(
+            [*isolated, sys.executable, "-c", HARNESS_SCRIPT, *cells],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PYTHONPATH": REPO_ROOT},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            reply = read_reply(other)
+            assert (reply["status"], reply["stdout"]) == ("ok", "42\n"), reply
+        finally:
+            other.wait(timeout=60)
+        fresh = timed_run(sb, "print(6 * 7)", "after-the-other", 10)
+        assert answers_42(fresh), fresh

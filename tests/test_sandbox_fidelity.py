@@ -13,6 +13,7 @@ from submission.commands.fidelity import read_blocks, replay_generations, summar
 from submission.config import SandboxConfig
 from submission.mismatch import KINDS, classify_mismatch
 from submission.sandbox import Sandbox
+from tests.conftest import SHARED_DATA
 
 
 def recorded_outputs(paths: list[Path]) -> list[str]:
@@ -29,13 +30,34 @@ def test_every_block_is_read_with_its_recorded_output(tora_transcripts: list[Pat
         assert all(block.code.strip() for blocks in generations for block in blocks)
 
 
-def test_classify_mismatch_on_real_outputs(shared_data: Path) -> None:
-    # The full files: the embedded first 250 generations hold no error and no word output.
-    outputs = recorded_outputs([shared_data / "transcripts" / "tora70b_gsm8k.jsonl"])
-    integer = next(o for o in outputs if re.fullmatch(r"\d{3,}\n", o))
-    decimal = next(o for o in outputs if re.fullmatch(r"\d+\.\d+\n", o))
-    words = next(o for o in outputs if len(o.split()) >= 3 and not re.search(r"\d", o))
-    error = next(o for o in outputs if "Error:" in o and "Timeout" not in o)
+# How the real outputs below are picked from the full ToRA file's recorded outputs.
+REAL_OUTPUT_KINDS = {
+    "integer": lambda o: re.fullmatch(r"\d{3,}\n", o) is not None,
+    "decimal": lambda o: re.fullmatch(r"\d+\.\d+\n", o) is not None,
+    "words": lambda o: len(o.split()) >= 3 and not re.search(r"\d", o),
+    "error": lambda o: "Error:" in o and "Timeout" not in o,
+}
+GOLDEN_OUTPUTS = Path(__file__).parent / "golden" / "tora_recorded_outputs.json"
+
+
+def real_outputs() -> dict[str, str]:
+    """The first recorded output of each kind in the full tora70b file when ../shared is
+    there (checked against the golden copy), else the golden copy of them: the embedded
+    first 250 generations hold no error and no word output."""
+    golden = json.loads(GOLDEN_OUTPUTS.read_text())["outputs"]
+    full = SHARED_DATA / "transcripts" / "tora70b_gsm8k.jsonl"
+    if full.is_file():
+        outputs = recorded_outputs([full])
+        picked = {
+            kind: next(o for o in outputs if rule(o)) for kind, rule in REAL_OUTPUT_KINDS.items()
+        }
+        assert picked == golden, "tests/golden/tora_recorded_outputs.json is out of date"
+    return golden
+
+
+def test_classify_mismatch_on_real_outputs() -> None:
+    found = real_outputs()
+    integer, decimal, words, error = (found[k] for k in ("integer", "decimal", "words", "error"))
     assert classify_mismatch(integer, integer) == "match"
     assert classify_mismatch(integer + "  \n\n", integer) == "match"
     assert classify_mismatch(words.replace(" ", "   "), words) == "whitespace"

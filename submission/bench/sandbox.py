@@ -7,13 +7,15 @@ kernel driven by `jupyter_client` (the AIMO-3 top harnesses' approach).
 Also measured: a new session's latency, how late a timed-out call comes back
 (the interrupt lands; the interrupt does not land and the session is killed and
 restored; a crash and its restore), many sessions at once, and what the guards
-(cgroups, namespaces) cost: the same measures without them, in the same run.
+(cgroups, namespaces, the seccomp filter) cost: the same measures without them, in the
+same run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import copy
 import json
 import statistics
@@ -61,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
                 "python_c_ms": _p50_ms(_python_c(cells), args.anchor_reps),
             }
         results["sandbox"] = _sandbox_numbers(sandbox, args)
-    results["sandbox"]["new_session_fork_p50_ms"] = _fork_p50_ms(config, args.anchor_reps * 4)
     results["guards"] = _guards_cost(config, args)
     if not args.no_jupyter:
         _jupyter(results, args.kernel_reps)
@@ -72,11 +73,21 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# Sessions a snippet's calls rotate over, and how long the spare pool gets to refill
+# before timing starts: the forks that start those sessions and refill the pool would
+# otherwise run under the first hundred calls (50 ms of them), which they slow.
+ROTATION = 4
+SETTLE_S = 1.0
+
+
 def _ours(sandbox: Sandbox, cells: list[str]) -> Callable[[], float]:
     counter = iter(range(1 << 30))
+    for i in range(ROTATION):
+        sandbox.run("pass", session=f"bench-{len(cells)}-{i}")
+    time.sleep(SETTLE_S)
 
     def call() -> float:
-        session = f"bench-{len(cells)}-{next(counter) % 4}"
+        session = f"bench-{len(cells)}-{next(counter) % ROTATION}"
         start = time.perf_counter()
         for cell in cells:
             result = sandbox.run(cell, session=session)
@@ -107,7 +118,7 @@ def _new_session(sandbox: Sandbox) -> Callable[[], float]:
         sandbox.run("print(1)", session=session)
         elapsed = time.perf_counter() - start
         sandbox.close_session(session)
-        time.sleep(0.05)  # sessions start one attempt at a time: let the spare refill
+        time.sleep(0.25)  # attempts start one at a time: let the spare refill (a fork, busy: 80 ms)
         return elapsed
 
     return call
@@ -166,29 +177,68 @@ def _timeout_paths(sandbox: Sandbox, reps: int = 7, timeout: float = 0.2) -> dic
     return numbers
 
 
-def _fork_p50_ms(config: Config, reps: int) -> float:
-    cold_config = copy.deepcopy(config)
-    cold_config.sandbox.spare_sessions = 0  # a new session forked on demand
-    with Sandbox.from_config(cold_config, create_family(config).session_prelude) as cold:
-        cold.run("pass", session="warm-up")
-        return _p50_ms(_new_session(cold), reps)
+# Guard sets measured side by side: every guard this machine offers (issue 18 added the
+# seccomp filter); without the filter (issue 11's guards); without cgroups, namespaces
+# and the filter (the sandbox before issue 11: rlimits and a uid per session).
+GUARD_SETS = {
+    "all guards": {},
+    "without seccomp": {"use_seccomp": False},
+    "without cgroups, namespaces, seccomp": {
+        "use_cgroups": False,
+        "use_namespaces": False,
+        "use_seccomp": False,
+    },
+}
 
 
 def _guards_cost(config: Config, args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """The same measures with every guard this machine offers, and without cgroups and
-    namespaces (the sandbox before issue 11: rlimits and a uid per session)."""
-    rows = {}
-    for label, enabled in (("all guards", True), ("without cgroups, namespaces", False)):
-        variant = copy.deepcopy(config)
-        variant.sandbox.use_cgroups = variant.sandbox.use_namespaces = enabled
-        with Sandbox.from_config(variant, create_family(config).session_prelude) as sandbox:
+    """The same measures with each set of guards (GUARD_SETS), interleaved: every
+    measurement takes one sample from each set in turn, so what else loads the machine
+    meanwhile weighs on all of them alike."""
+    prelude = create_family(config).session_prelude
+    variants = {}
+    for label, switched_off in GUARD_SETS.items():
+        variants[label] = copy.deepcopy(config)
+        for name, value in switched_off.items():
+            setattr(variants[label].sandbox, name, value)
+    rows: dict[str, dict[str, float]] = {label: {} for label in variants}
+    with contextlib.ExitStack() as stack:
+        warm = {
+            label: stack.enter_context(Sandbox.from_config(variant, prelude))
+            for label, variant in variants.items()
+        }
+        for sandbox in warm.values():
             sandbox.run("pass", session="warm-up")
-            rows[label] = {
-                "call_p50_ms": _p50_ms(_ours(sandbox, SNIPPETS["trivial print"]), args.reps),
-                "new_session_spare_p50_ms": _p50_ms(_new_session(sandbox), args.anchor_reps * 4),
-            }
-        rows[label]["new_session_fork_p50_ms"] = _fork_p50_ms(variant, args.anchor_reps * 4)
+        trivial = SNIPPETS["trivial print"]
+        _interleaved(rows, "call_p50_ms", warm, lambda sb: _ours(sb, trivial), args.reps)
+        _interleaved(rows, "new_session_spare_p50_ms", warm, _new_session, args.anchor_reps * 4)
+    with contextlib.ExitStack() as stack:
+        cold = {}
+        for label, variant in variants.items():
+            cold_config = copy.deepcopy(variant)
+            cold_config.sandbox.spare_sessions = 0  # a new session forked on demand
+            cold[label] = stack.enter_context(Sandbox.from_config(cold_config, prelude))
+            cold[label].run("pass", session="warm-up")
+        _interleaved(rows, "new_session_fork_p50_ms", cold, _new_session, args.anchor_reps * 4)
     return rows
+
+
+def _interleaved(
+    rows: dict[str, dict[str, float]],
+    measure: str,
+    sandboxes: dict[str, Sandbox],
+    make_call: Callable[[Sandbox], Callable[[], float]],
+    reps: int,
+) -> None:
+    calls = {label: make_call(sandbox) for label, sandbox in sandboxes.items()}
+    samples: dict[str, list[float]] = {label: [] for label in sandboxes}
+    for call in calls.values():
+        call()  # warm
+    for _ in range(max(1, reps)):
+        for label, call in calls.items():
+            samples[label].append(call())
+    for label, values in samples.items():
+        rows[label][measure] = round(statistics.median(values) * 1000, 3)
 
 
 def _jupyter(results: dict[str, Any], reps: int) -> None:

@@ -2,8 +2,9 @@
 the middle, and whether the cells after it still see every earlier variable.
 
 Each sequence defines values of varied kinds over a few cells (one cell fails on
-purpose: it must not be re-run), then runs one cell that overruns its deadline
-or kills its process, then defines more and checks them all in a last cell.
+purpose: a restore re-runs it too, and it must fail again harmlessly), then runs one
+cell that overruns its deadline or kills its process, then defines more and checks
+them all in a last cell.
 Three paths: ``interrupt`` (the interrupt lands: the state is kept), ``restore``
 (code that catches or ignores the interrupt, or one long C call: the process is
 killed and the state restored), ``crash`` (the process dies: restored too).

@@ -17,6 +17,8 @@ import signal
 import stat
 import tempfile
 
+from submission.sandbox import pids
+
 log = logging.getLogger(__name__)
 # World-writable folders where a session without a private /tmp may leave files.
 SHARED_TMP = ("/tmp", "/dev/shm", "/var/tmp", "/run/lock")
@@ -59,7 +61,7 @@ class UidLeases:
 
     def __init__(self, first: int, lock_dir: str | None = None) -> None:
         self.first = first
-        self.lock_dir = lock_dir or _lock_dir()
+        self.lock_dir = lock_dir or host_lock_dir("uids")
         os.makedirs(self.lock_dir, mode=0o700, exist_ok=True)
         self._held: dict[int, int] = {}  # uid -> descriptor holding its lock
         # Uids this holder has cleared once: it killed their processes itself when it
@@ -97,40 +99,31 @@ class UidLeases:
             self.release(uid)
 
 
-def _lock_dir() -> str:
+def host_lock_dir(kind: str) -> str:
+    """The host-wide folder of `kind` lock files (flock works across pid and mount
+    namespaces: a harness in a container of its own on this host sees the same)."""
     for base in ("/run", tempfile.gettempdir()):
         if os.access(base, os.W_OK):
-            return os.path.join(base, f"aimo-sandbox-uids-{os.geteuid()}")
-    raise OSError("no writable folder for the uid leases")
+            return os.path.join(base, f"aimo-sandbox-{kind}-{os.geteuid()}")
+    raise OSError(f"no writable folder for the {kind} locks")
 
 
 def processes_of(uid: int) -> list[int]:
-    """Processes whose real or effective uid is `uid` (read from /proc/PID/status:
-    a process that changed uid is not dumpable, so /proc/PID itself belongs to root)."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status", "rb") as file:
-                for line in file:
-                    if line.startswith(b"Uid:"):
-                        real, effective = line.split()[1:3]
-                        if int(real) == uid or int(effective) == uid:
-                            found.append(int(name))
-                        break
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+    """Processes whose real or effective uid is `uid`."""
+    return [pid for pid in pids.all_pids() if _runs_as(pid, uid)]
+
+
+def _runs_as(pid: int, uid: int) -> bool:
+    ids = pids.uid_of(pid)
+    return ids is not None and uid in ids
 
 
 def kill_uid(uid: int) -> int:
-    """SIGKILL every process running as `uid`; how many there were."""
-    victims = processes_of(uid)
-    for pid in victims:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
-    return len(victims)
+    """SIGKILL every process running as `uid` (each checked again once pinned by a pidfd:
+    a pid that passed to another process meanwhile is left alone); how many were hit."""
+    return sum(
+        pids.signal_if(pid, signal.SIGKILL, lambda p: _runs_as(p, uid)) for pid in processes_of(uid)
+    )
 
 
 def remove_tree(path: str) -> None:

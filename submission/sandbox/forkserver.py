@@ -8,17 +8,23 @@ harness's secrets. It serves requests on one socket from the harness, one at a t
   pipe ends) forks a session process: new process group, its cgroups, private
   mount (one tmpfs for /tmp and its kin, an empty /run, a /proc showing only its
   own processes), network and IPC namespaces where the
-  machine allows them, resource limits, no GPU, its own uid when run as root;
+  machine allows them, resource limits, no GPU, its own uid when run as root,
+  the seccomp filter where the machine allows it;
 - ``interrupt`` sends SIGINT to a session (KeyboardInterrupt in its cell) and
   kills the processes the cell started;
 - ``kill`` kills a session's whole process tree and, when the session had
-  already died by itself (within ``grace_s``), reports its exit code or signal.
+  already died by itself, reports its exit code or signal.
 
-A request that fails gets an error reply; nothing a session does stops the loop.
-It is a child subreaper, so processes orphaned by a session come back to it,
-and it kills every child that is not a live session. It reaps in its loop,
-never waiting for a killed process to go. When the harness goes away (channel
-closed) it kills all sessions and exits.
+A request that fails gets an error reply; nothing a session does stops the loop,
+and no request waits for a process: the loop serves every session, so one slow
+kill would stall them all. It is a child subreaper, so processes orphaned by a
+session come back to it, and it kills every child that is not a live session.
+
+A live session is never reaped until the harness asks to kill it: while it is an
+unreaped child (even a zombie) its pid, and so its process group's id, cannot pass
+to another process, so the server's signals to it can never hit a stranger. Its
+descendants are signalled through pidfds (`pids.kill_descendants`). When the
+harness goes away (channel closed) it kills all sessions and exits.
 """
 
 from __future__ import annotations
@@ -33,12 +39,9 @@ import select
 import signal
 import socket
 import sys
-import time
 from typing import Any
 
-import psutil
-
-from submission.sandbox import protocol, repl, session_setup
+from submission.sandbox import pids, protocol, repl, session_setup
 
 # Named, not __name__: this module also runs as the fork server's __main__.
 log = logging.getLogger("submission.sandbox.forkserver")
@@ -61,49 +64,66 @@ def main() -> None:
     isolate, private_proc = (
         session_setup.can_isolate() if settings.get("namespaces") else (False, False)
     )
+    filtered = bool(settings.get("seccomp")) and session_setup.can_filter()
+    # Opened before the import-path rewrite below, from the paths as the interpreter has them.
+    binds = session_setup.interpreter_paths_to_bind() if isolate else []
     path_fds = session_setup.reachable_import_paths() if user is not None else {}
     session_setup.prctl(session_setup.PR_SET_CHILD_SUBREAPER, 1)
     # Sessions' garbage collections then skip the warm objects, which stay shared
     # with this process instead of being copied page by page on first touch.
     gc.freeze()
-    server = _Server(channel, display, path_fds, user, own_uids, isolate)
-    hello = {"failed_preloads": failed, "user": user, "session_uids": own_uids}
+    server = _Server(channel, display, path_fds, binds, user, own_uids, isolate, filtered)
+    hello = {
+        "failed_preloads": failed,
+        "user": user,
+        "session_uids": own_uids,
+        "namespaces": isolate,
+        "private_proc": private_proc,
+        "seccomp": filtered,
+        "interpreter_binds": binds,
+        "pidfds": pids.pidfds_work(),
+    }
     try:
-        protocol.send(channel, {**hello, "namespaces": isolate, "private_proc": private_proc})
+        protocol.send(channel, hello)
     except OSError:  # the harness closed the sandbox before it was ready
         return
     server.serve()
 
 
 class _Server:
-    """The request loop and what it knows: the live sessions and how those that died ended."""
+    """The request loop and what it knows: the live sessions (its unreaped children)."""
 
     def __init__(
         self,
         channel: socket.socket,
         display: Any,
         path_fds: dict[str, int],
+        binds: list[str],
         user: list[int] | None,
         own_uids: bool,
         isolate: bool,
+        filtered: bool,
     ) -> None:
         self.channel = channel
         self.display = display
         self.path_fds = path_fds
+        self.binds = binds
         self.user = user
         self.own_uids = own_uids
         self.isolate = isolate
+        self.filtered = filtered
         self.live: set[int] = set()  # session processes the harness is using
-        self.ended: dict[int, int] = {}  # wait status of live sessions that died on their own
 
     def serve(self) -> None:
+        me = os.getpid()
         while True:
-            _reap(self.live, self.ended)
-            dying = _children(os.getpid()) - self.live
-            for pid in dying:  # killed sessions not yet gone, and orphans of dead ones
+            # Killed sessions and orphans of dead ones: reap those that are gone, kill the rest.
+            dying = [pid for pid in pids.children(me) if pid not in self.live]
+            waiting = [pid for pid in dying if not _reaped(pid)]
+            for pid in waiting:
                 _kill_tree(pid)
             # While killed processes are not yet reaped, wake up now and then to reap them.
-            wait = _REAP_INTERVAL_S if dying else None
+            wait = _REAP_INTERVAL_S if waiting else None
             if not select.select([self.channel], [], [], wait)[0]:
                 continue
             try:
@@ -121,7 +141,7 @@ class _Server:
                 protocol.send(self.channel, reply)
             except OSError:
                 break
-        for pid in _children(os.getpid()):
+        for pid in pids.children(me):
             _kill_tree(pid)
 
     def handle(self, request: dict[str, Any], fds: list[int]) -> dict[str, Any]:
@@ -130,24 +150,24 @@ class _Server:
             user = self.user
             if user is not None and self.own_uids and request.get("uid"):
                 user = [int(request["uid"]), user[1]]
-            setup = {**request, "isolate": self.isolate}
-            pid = _spawn(setup, user, fds, self.channel, self.display, self.path_fds)
+            setup = {**request, "isolate": self.isolate, "seccomp": self.filtered}
+            binds = self.binds if self.isolate else []
+            pid = _spawn(setup, user, fds, self.channel, self.display, self.path_fds, binds)
             self.live.add(pid)
             return {"pid": pid, "uid": user[0] if user else os.getuid()}
+        if not isinstance(pid, int) or pid not in self.live:
+            # An unknown pid belonged to a server that died, or is no session: never signalled.
+            return {"sent": False} if op == "interrupt" else {}
         if op == "interrupt":
-            if pid not in self.live or pid in self.ended:
+            if _ended(pid) is not None:
                 return {"sent": False}
             # As Jupyter: KeyboardInterrupt in the cell; the processes it started go too.
-            os.kill(pid, signal.SIGINT)
-            for child in _descendants(pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(child, signal.SIGKILL)
+            os.kill(pid, signal.SIGINT)  # an unreaped child: its pid is its own
+            pids.kill_descendants(pid, None)
             return {"sent": True}
         if op == "kill":
-            # An unknown pid belonged to a server that died: nothing left to kill.
-            known = pid in self.live
             self.live.discard(pid)
-            return _kill_session(pid, float(request["grace_s"]), self.ended) if known else {}
+            return _kill_session(pid)
         return {"error": f"bad request {op!r}"}
 
 
@@ -170,104 +190,78 @@ def _spawn(
     server_channel: socket.socket,
     display: Any,
     path_fds: dict[str, int],
+    binds: list[str],
 ) -> int:
     pid = os.fork()
     if pid:
         return pid
-    # The session process: never return into the server's loop.
+    # The session process: never return into the server's loop, whatever the cells do to
+    # this interpreter (`finally` needs no name looked up: a cell may empty the builtins).
+    code = 70
     try:
-        session_setup.become_session(
-            request, user, fds, server_channel, keep=list(path_fds.values())
-        )
+        try:
+            session_setup.become_session(
+                request, user, fds, server_channel, list(path_fds.values()), binds
+            )
+        except BaseException as exc:
+            # Into the stderr of the session's first call: the prelude's, never shown.
+            with contextlib.suppress(Exception):
+                os.write(2, f"session setup failed: {exc!r}\n".encode())
+            raise
         channel = socket.socket(fileno=fds[0])
         path_map = {root: f"/proc/self/fd/{fd}" for root, fd in path_fds.items()}
-        repl.serve(channel, fds[1], fds[2], display, path_map)
-    except BaseException as exc:
-        with contextlib.suppress(Exception):
-            os.write(2, f"session setup failed: {exc!r}\n".encode())
-        os._exit(70)
-    os._exit(0)
+        repl.serve(channel, fds[1], fds[2], display, path_map, float(request["cpu_time_s"]))
+        code = 0
+    finally:
+        os._exit(code)
 
 
-def _kill_session(pid: int, grace_s: float, ended: dict[int, int]) -> dict[str, Any]:
-    """Kill the session's process tree; how it ended if it died by itself within `grace_s`.
+def _kill_session(pid: int) -> dict[str, Any]:
+    """Kill the session's process tree; how it ended if it had already died by itself.
 
-    Reaping is left to the main loop, so a kill costs no wait for the kernel's teardown.
+    Nothing here waits: a process still alive is reaped later by the main loop.
     """
-    deadline = time.monotonic() + grace_s
-    status = ended.pop(pid, None)
-    while status is None and time.monotonic() < deadline:
-        status = _try_reap(pid)
-        if status is None:
-            time.sleep(0.002)
+    status = _ended(pid)
+    # Unreaped (a zombie at worst): its pid and process group id are still its own.
+    _kill_tree(pid)
+    _reaped(pid)
     if status is None:
-        _kill_tree(pid)
         return {}
-    # Reaped: its pid may be reused, but not while its group lives, so kill only that;
-    # its other orphans came back to this server, which kills them in its loop.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
     if os.WIFSIGNALED(status):
         return {"signal": os.WTERMSIG(status)}
     return {"exit_code": os.WEXITSTATUS(status)}
 
 
-def _try_reap(pid: int) -> int | None:
+def _ended(pid: int) -> int | None:
+    """The wait status of a child that has exited, left unreaped; None while it runs."""
     try:
-        reaped, status = os.waitpid(pid, os.WNOHANG)
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
     except ChildProcessError:
         return None
-    return status if reaped else None
+    if info is None:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return (info.si_status & 0xFF) << 8
+    return info.si_status & 0x7F  # killed or dumped by signal si_status
 
 
-def _reap(live: set[int], ended: dict[int, int]) -> None:
-    """Reap every child that has exited; keep the status of live sessions."""
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        if pid in live:
-            ended[pid] = status
-
-
-def _children(pid: int) -> set[int]:
-    """Direct children of `pid` (all its threads), from /proc without scanning every process."""
-    children: set[int] = set()
+def _reaped(pid: int) -> bool:
+    """Reap the child `pid` if it has exited; whether it is gone now."""
     try:
-        for task in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{task}/children") as file:
-                children.update(int(child) for child in file.read().split())
-    except FileNotFoundError:
-        # Gone, or a kernel without CONFIG_PROC_CHILDREN: ask psutil (a full /proc scan).
-        with contextlib.suppress(psutil.Error):
-            children = {child.pid for child in psutil.Process(pid).children()}
-    except (ProcessLookupError, PermissionError):
-        pass
-    return children
-
-
-def _descendants(pid: int) -> set[int]:
-    found: set[int] = set()
-    frontier = [pid]
-    while frontier and len(found) < 100_000:
-        for child in _children(frontier.pop()):
-            if child not in found:
-                found.add(child)
-                frontier.append(child)
-    return found
+        reaped, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return bool(reaped)
 
 
 def _kill_tree(pid: int) -> None:
-    """SIGKILL the process group `pid` leads and every descendant (setsid escapees too)."""
+    """SIGKILL the process group the unreaped child `pid` leads and every descendant
+    (setsid escapees too: subreapers keep orphans in the tree)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    # Subreapers keep orphans in the tree, so this finds every process the session made.
-    for victim in (pid, *_descendants(pid)):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(victim, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
+    pids.kill_descendants(pid, None)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,13 @@ import ast
 import builtins
 import codeop
 import contextlib
+import gc
 import io
 import itertools
 import linecache
+import math
 import os
+import resource
 import signal
 import socket
 import sys
@@ -25,6 +28,23 @@ from collections.abc import Callable
 from typing import Any
 
 from submission.sandbox import protocol
+
+# The harness puts this on the channel just before it sends SIGINT at a cell's deadline,
+# so the cell's interrupt handler can tell the harness's interrupt (`timeout`, no
+# traceback) from a SIGINT the cell or its children sent (KeyboardInterrupt, an error).
+# Nothing in the session can write into its own end of the channel.
+INTERRUPT_NOTICE = protocol.encode({"interrupt": True})
+# What the REPL's own code needs from the interpreter, as it was before any cell ran:
+# after each cell the builtins are put back and the hooks that would run the cell's code
+# inside the REPL's own (trace, profile, gc callbacks) are removed.
+_BUILTINS = builtins.__dict__
+_SAVED_BUILTINS = dict(builtins.__dict__)
+# Read past any property a cell's exception class defines (the REPL must never raise).
+_TYPE_NAME = type.__dict__["__name__"]
+_CAUSE = BaseException.__dict__["__cause__"]
+_CONTEXT = BaseException.__dict__["__context__"]
+_SUPPRESS_CONTEXT = BaseException.__dict__["__suppress_context__"]
+_TRACEBACK = BaseException.__dict__["__traceback__"]
 
 CELL_LABEL = "Cell In[1]"
 _CELL_PREFIX = "<sandbox-cell-"
@@ -55,6 +75,7 @@ def serve(
     err_fd: int,
     display: Callable[[Any], str],
     path_map: dict[str, str],
+    cpu_budget_s: float = 0.0,
 ) -> None:
     """Answer `{"code": ..., "seq": n}` requests with `{"status": ..., "seq": n}` until
     the channel closes. status is "ok", "error" or "interrupted" (the harness's SIGINT
@@ -64,47 +85,92 @@ def serve(
     cell they are put back on fds 1 and 2, so a cell that closed or redirected
     them breaks only itself. `path_map` maps directories the session cannot
     enter to /proc/self/fd paths it can (for library source in tracebacks).
+    Before each cell its RLIMIT_CPU soft limit is set to the CPU time it has used plus
+    `cpu_budget_s`: the limit bounds a call (and what its threads spin between calls),
+    never the session's life.
     """
     namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
     session_pid = os.getpid()
+    # Bound here, once: a cell replacing this module's functions changes nothing below.
+    run, cell_runner, recv, send, restore_streams = (
+        _run_interruptible,
+        run_cell,
+        protocol.recv,
+        protocol.send,
+        _restore_std_streams,
+    )
     # Our own streams: line-buffered (output printed before a timeout is kept) and
     # never failing on text UTF-8 cannot encode (lone surrogates).
     sys.__stdout__, sys.__stderr__ = _text_stream(1), _text_stream(2)
+    sys.unraisablehook = _unraisable
+    _Interrupts.channel = channel
     signal.signal(signal.SIGINT, _Interrupts.handler)
-    for count in itertools.count(1):
+    count = 0
+    while True:
         try:
-            request, _ = protocol.recv(channel)
+            request, _ = recv(channel)
         except (protocol.ProtocolError, OSError):
             os._exit(0)
-        _restore_std_streams(out_fd, err_fd)
-        status = _run_interruptible(
-            str(request.get("code", "")), namespace, count, display, path_map
-        )
+        if "code" not in request:  # an interrupt notice that came after its cell ended
+            continue
+        count += 1
+        restore_streams(out_fd, err_fd)
+        if cpu_budget_s:
+            _renew_cpu_limit(cpu_budget_s)
+        status = run(cell_runner, str(request["code"]), namespace, count, display, path_map)
         if os.getpid() != session_pid:  # a process the cell forked: never a second REPL
             os._exit(0)
         for stream in (sys.__stdout__, sys.__stderr__):
             with contextlib.suppress(Exception):  # a cell may have replaced them with anything
                 stream.flush()
         try:
-            protocol.send(channel, {"status": status, "seq": request.get("seq")})
+            send(channel, {"status": status, "seq": request.get("seq")})
         except OSError:
             os._exit(0)
 
 
+def _renew_cpu_limit(budget_s: float) -> None:
+    """RLIMIT_CPU soft limit = CPU used so far + one call's budget (+1 s: the harness's own
+    check of the call comes first; this one catches what spins between calls)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime + budget_s) + 1
+    hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+    with contextlib.suppress(ValueError, OSError):  # a cell lowered its hard limit: its own harm
+        resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 class _Interrupts:
-    """SIGINT raises KeyboardInterrupt only while a cell runs, and is remembered."""
+    """SIGINT raises KeyboardInterrupt only while a cell runs; the harness's (its notice is
+    on the channel) is remembered, so the cell ends as interrupted, not as an error."""
 
     in_cell = False
     received = False
+    channel: socket.socket | None = None
 
     @classmethod
     def handler(cls, signum: int, frame: Any) -> None:
         if cls.in_cell:
-            cls.received = True
+            if cls._harness_notice():
+                cls.received = True
             raise KeyboardInterrupt
+
+    @classmethod
+    def _harness_notice(cls) -> bool:
+        """Take the harness's interrupt notice off the channel, if it is there."""
+        channel, size = cls.channel, len(INTERRUPT_NOTICE)
+        if channel is None:
+            return False
+        try:
+            if channel.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT) != INTERRUPT_NOTICE:
+                return False
+            channel.recv(size, socket.MSG_DONTWAIT)
+        except OSError:  # nothing waiting, or a cell broke the channel
+            return False
+        return True
 
 
 def _run_interruptible(
+    cell_runner: Callable[..., str],
     code: str,
     namespace: dict[str, Any],
     count: int,
@@ -118,7 +184,7 @@ def _run_interruptible(
     signal.signal(signal.SIGINT, _Interrupts.handler)
     try:
         _Interrupts.in_cell = True
-        status = run_cell(code, namespace, count, display, path_map, _Interrupts)
+        status = cell_runner(code, namespace, count, display, path_map, _Interrupts)
     except KeyboardInterrupt:  # landed in run_cell's own code, outside the cell
         status = "error"
     finally:
@@ -149,22 +215,63 @@ def run_cell(
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         shown = ast.Expression(tree.body.pop().value)
     try:
-        exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
-        if shown is not None:
-            value = eval(compile(shown, filename, "eval", dont_inherit=True), namespace)
-            if value is not None:  # by the REPL's own means: the cell may have replaced print
-                sys.stdout.write(display(value) + "\n")
+        # The inner `finally` runs before the `except` clauses look up their names:
+        # a cell that emptied the builtins gets them back first.
+        try:
+            exec(compile(tree, filename, "exec", dont_inherit=True), namespace)
+            value = None
+            if shown is not None:
+                value = eval(compile(shown, filename, "eval", dont_inherit=True), namespace)
+            text = None if value is None else display(value)
+        finally:
+            _restore_interpreter()
+        if text is not None:  # by the REPL's own means: the cell may have replaced print
+            sys.stdout.write(text + "\n")
     except SystemExit as exc:
-        _write_stderr(_SYSTEM_EXIT_NOTE + _exception_only(exc))
+        _write_stderr(_SYSTEM_EXIT_NOTE + _report(exc, {}, only_last=True))
         return "error"
     except BaseException as exc:
         if interrupts is not None:
             interrupts.in_cell = False
-            if interrupts.received and isinstance(exc, KeyboardInterrupt):
+            if interrupts.received and type(exc) is KeyboardInterrupt:
                 return "error"
-        _write_stderr(_format_exception(exc, path_map or {}))
+        _write_stderr(_report(exc, path_map or {}))
         return "error"
     return "ok"
+
+
+def _restore_interpreter() -> None:
+    """Put back what the REPL's own code relies on (see _SAVED_BUILTINS)."""
+    _BUILTINS.update(_SAVED_BUILTINS)
+    sys.settrace(None)
+    sys.setprofile(None)
+    gc.callbacks.clear()
+
+
+def _report(exc: BaseException, path_map: dict[str, str], only_last: bool = False) -> str:
+    """The error report for `exc`; never raises, whatever the cell's exception does when
+    its attributes are read (a last resort names only its class)."""
+    try:
+        return _exception_only(exc) if only_last else _format_exception(exc, path_map)
+    except BaseException:
+        try:
+            return f"{_TYPE_NAME.__get__(type(exc))}\n"
+        except BaseException:
+            return "Exception\n"
+
+
+def _unraisable(unraisable: Any) -> None:
+    """sys.unraisablehook: as Python's own ("Exception ignored in: ..."), with the
+    traceback in the REPL's format (the harness's frames dropped)."""
+    with contextlib.suppress(BaseException):
+        where = unraisable.err_msg or "Exception ignored in"
+        try:
+            target = f": {unraisable.object!r}" if unraisable.object is not None else ""
+        except BaseException:
+            target = ": <object repr() failed>"
+        exc = unraisable.exc_value
+        report = _report(exc, {}) if exc is not None else "\n"
+        _write_stderr(f"{where}{target}\n{report}")
 
 
 def _write_stderr(text: str) -> None:
@@ -177,25 +284,26 @@ def _format_exception(exc: BaseException, path_map: dict[str, str]) -> str:
     """IPython's plain traceback text, chained exceptions first, harness frames dropped."""
     chain: list[BaseException] = []
     node: BaseException | None = exc
-    while node is not None and node not in chain and len(chain) < 32:
+    while node is not None and not any(node is seen for seen in chain) and len(chain) < 32:
         chain.append(node)
-        if node.__cause__ is not None:
-            node = node.__cause__
-        elif node.__context__ is not None and not node.__suppress_context__:
-            node = node.__context__
+        cause, context = _CAUSE.__get__(node), _CONTEXT.__get__(node)
+        if cause is not None:
+            node = cause
+        elif context is not None and not _SUPPRESS_CONTEXT.__get__(node):
+            node = context
         else:
             node = None
     parts: list[str] = []
     for older, newer in itertools.pairwise(reversed(chain)):
         parts.append(_format_one(older, path_map))
-        parts.append(_CAUSE_NOTE if newer.__cause__ is older else _CONTEXT_NOTE)
+        parts.append(_CAUSE_NOTE if _CAUSE.__get__(newer) is older else _CONTEXT_NOTE)
     parts.append(_format_one(chain[0], path_map))
     return "".join(parts)
 
 
 def _format_one(exc: BaseException, path_map: dict[str, str]) -> str:
     frames = [
-        f for f in traceback.extract_tb(exc.__traceback__) if not _is_harness_file(f.filename)
+        f for f in traceback.extract_tb(_TRACEBACK.__get__(exc)) if not _is_harness_file(f.filename)
     ]
     lines: list[str] = []
     if frames:
@@ -219,27 +327,32 @@ def _frame_header(filename: str, lineno: int | None, name: str) -> str:
 def _exception_only(exc: BaseException) -> str:
     """The last lines of a report as IPython writes them (bare class name, one caret)."""
     lines: list[str] = []
-    if isinstance(exc, SyntaxError):
-        filename = exc.filename or "<string>"
+    if issubclass(type(exc), SyntaxError):
+        syntax = SyntaxError.__dict__
+        filename = syntax["filename"].__get__(exc) or "<string>"
+        lineno, offset = syntax["lineno"].__get__(exc), syntax["offset"].__get__(exc)
         if filename.startswith(_CELL_PREFIX):
-            where = f"{CELL_LABEL}, line {exc.lineno}" if exc.lineno else CELL_LABEL
+            where = f"{CELL_LABEL}, line {lineno}" if lineno else CELL_LABEL
         else:
-            where = f"File {_short_path(filename)}" + (f":{exc.lineno}" if exc.lineno else "")
+            where = f"File {_short_path(filename)}" + (f":{lineno}" if lineno else "")
         lines.append(f"  {where}\n")
-        text = (linecache.getline(filename, exc.lineno) if exc.lineno else "") or exc.text
+        text = (linecache.getline(filename, lineno) if lineno else "") or syntax["text"].__get__(
+            exc
+        )
         if text is not None:
             indent = len(text) - len(text.lstrip())
             lines.append(f"    {text.strip()}\n")
-            if exc.offset is not None:
-                pad = "".join(c if c.isspace() else " " for c in text[indent : exc.offset - 1])
+            if offset is not None:
+                pad = "".join(c if c.isspace() else " " for c in text[indent : offset - 1])
                 lines.append(f"    {pad}^\n")
-        message = exc.msg
+        message = syntax["msg"].__get__(exc)
     else:
+        name = _TYPE_NAME.__get__(type(exc))
         try:
             message = str(exc)
         except Exception:
-            message = f"<unprintable {type(exc).__name__} object>"
-    name = type(exc).__name__
+            message = f"<unprintable {name} object>"
+    name = _TYPE_NAME.__get__(type(exc))
     lines.append(f"{name}: {message}\n" if message else f"{name}\n")
     return "".join(lines)
 

@@ -5,6 +5,10 @@ happens when a call overruns or its process dies (interrupt, else kill and resto
 forkserver.py) right away, so construct it before importing CUDA or TensorRT-LLM.
 No exception from what a session does reaches the caller: `run` returns an
 ExecResult whatever the code did.
+
+A session whose process died is restored in the background (a thread per restore):
+the call that saw it die returns within `restore_wait_s`, and the session's next call
+waits for the restore to end.
 """
 
 from __future__ import annotations
@@ -17,16 +21,19 @@ import functools
 import logging
 import math
 import os
+import resource
 import signal
 import socket
 import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from submission.config import SandboxConfig
+from submission.sandbox import pids
 from submission.sandbox.cgroups import SessionCgroups
 from submission.sandbox.cleanup import (
     kill_uid,
@@ -38,7 +45,7 @@ from submission.sandbox.cleanup import (
 )
 from submission.sandbox.result import ExecResult, State, Status
 from submission.sandbox.server import ForkServerClient, SandboxError
-from submission.sandbox.session import Call, Session
+from submission.sandbox.session import OVER_CPU, Call, Session
 
 if TYPE_CHECKING:
     from submission.config import Config
@@ -48,8 +55,28 @@ _MB = 1024 * 1024
 # Signals that mean "a limit or someone stopped it" rather than "it broke".
 _KILL_SIGNALS = {signal.SIGKILL, signal.SIGXCPU, signal.SIGXFSZ}
 _WARM_UP_CELL = 'print(end="")'
+# How long a new session's prelude may take.
+_SPAWN_TIMEOUT_S = 30.0
+# How long close() waits for the restores under way to notice their sessions were killed.
+_RESTORE_JOIN_S = 5.0
+# What a call that met a closed sandbox says (in stderr; its status is crashed/lost).
+_CLOSED = "SandboxError: the sandbox is closed\n"
+_CLOSED_DURING = "SandboxError: the sandbox was closed during this call\n"
 
 __all__ = ["Sandbox", "SandboxError"]
+
+
+@dataclass
+class _Restore:
+    """A session being rebuilt in the background: a new process, its kept cells re-run."""
+
+    name: str
+    history: list[tuple[str, str]]
+    done: threading.Event = field(default_factory=threading.Event)
+    state: State = "restored"  # final once `done` is set
+    session: Session | None = None  # the new process, while its cells are re-run
+    cancelled: bool = False  # closed meanwhile: never registered
+    reported: bool = False  # the call that started it has returned its final state
 
 
 class Sandbox:
@@ -57,11 +84,14 @@ class Sandbox:
 
     def __init__(self, config: SandboxConfig | None = None, max_concurrent_calls: int = 64):
         self.config = config = config or SandboxConfig()
-        # (soft, hard) per limit. CPU: SIGXCPU at the soft limit names the cause;
-        # SIGKILL a second later if the code ignores it.
+        # (soft, hard) per limit. CPU: `cpu_time_s` is one call's budget, never the
+        # session's: the harness stops a call whose process spends it (Call.wait), and the
+        # REPL renews its soft limit before each cell (threads or children spinning past
+        # it between calls get SIGXCPU). The hard limit stays open: raising one back
+        # needs CAP_SYS_RESOURCE, which a container's root usually lacks.
         self._limits = {
             "RLIMIT_AS": (config.memory_mb * _MB, config.memory_mb * _MB),
-            "RLIMIT_CPU": (config.cpu_time_s, config.cpu_time_s + 1),
+            "RLIMIT_CPU": (config.cpu_time_s, resource.RLIM_INFINITY),
             "RLIMIT_FSIZE": (config.file_size_mb * _MB, config.file_size_mb * _MB),
             "RLIMIT_NOFILE": (config.open_files, config.open_files),
         }
@@ -76,6 +106,11 @@ class Sandbox:
         )
         self._sessions: dict[str, Session] = {}
         self._spares: list[Session] = []
+        self._restores: dict[str, _Restore] = {}
+        self._restore_threads: list[threading.Thread] = []
+        # Sessions whose background restore failed after their call had returned: their
+        # next call says so (state "lost").
+        self._lost: set[str] = set()
         self._sessions_lock = threading.Lock()
         self._refilling = False
         self._closed = False
@@ -98,14 +133,16 @@ class Sandbox:
     # -- public API -----------------------------------------------------------------------
 
     def run(self, code: str, session: str = "default", timeout: float = 10.0) -> ExecResult:
-        """Run `code` in the named session (created on first use); never raises for bad code."""
-        if self._closed:
-            raise SandboxError("sandbox is closed")
+        """Run `code` in the named session (created on first use); never raises for bad code.
+        Returns within `timeout` + `interrupt_grace_s` + `restore_wait_s` of the cell's
+        start; a call whose session is being restored first waits for that."""
         if not isinstance(code, str) or not isinstance(session, str):
             raise TypeError("code and session must be str")
         if not 0 < timeout < math.inf:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         start = time.monotonic()
+        if self._closed:
+            return ExecResult("", _CLOSED, "crashed", 0.0, "lost")
         try:
             return self._run(code, session, timeout, start)
         except Exception as exc:  # the machinery's own failure: the caller gets a result
@@ -115,36 +152,46 @@ class Sandbox:
             seconds = time.monotonic() - start
             return ExecResult("", f"SandboxError: {exc!r}\n", "crashed", seconds, "lost")
 
-    def _run(self, code: str, session: str, timeout: float, start: float) -> ExecResult:
+    def _run(self, code: str, name: str, timeout: float, start: float) -> ExecResult:
         try:
             self._server.check()
-            sess = self._session(session)
-            state: State = "kept"
+            sess, state = self._session_for_call(name)
             if sess.generation != self._server.generation:  # its server died since
-                state = self._restore(sess)
-                sess = self._session(session)
+                self._discard(sess, grace_s=0.0)
+                self._start_restore(sess)
+                sess, state = self._session_for_call(name)  # waits for the restore
+                state = "lost" if state == "lost" else "restored"
         except SandboxError as exc:
-            log.error("sandbox cannot start session %r: %s", session, exc)
+            if self._closed:  # close() raced this call: no fault of the machinery
+                return ExecResult("", _CLOSED_DURING, "crashed", time.monotonic() - start, "lost")
+            log.error("sandbox cannot start session %r: %s", name, exc)
             return ExecResult(
                 "", f"SandboxError: {exc}\n", "crashed", time.monotonic() - start, "lost"
             )
         with sess.lock:  # the deadline counts from here: a new session's start is not the cell's
             status, call, alive = self._call(sess, code, time.monotonic() + timeout)
-        if status == "ok":
-            sess.history.append(code)
+        if alive and status in ("ok", "error"):  # its effects are in the namespace: replayable
+            sess.history.append((code, status))
         if not alive:
-            info = self._discard(sess, grace_s=0.0 if status == "timeout" else 0.2)
-            if status != "timeout":
+            died_at = time.monotonic()
+            info = self._discard(sess, grace_s=0.2 if status == "crashed" else 0.0)
+            if status == "crashed":  # it died by itself: how?
                 status = _death_status(info)
-            state = self._restore(sess)
+            restore = self._start_restore(sess)
+            restored = self._await_restore(restore, died_at + self.config.restore_wait_s)
+            state = "lost" if state == "lost" else restored  # an earlier loss is news too
         stdout, stdout_cut = call.stdout.text()
         stderr, stderr_cut = call.stderr.text()
+        if self._closed and status != "ok":
+            stderr += _CLOSED_DURING
         seconds = time.monotonic() - start
         self._refill_spares()
         return ExecResult(stdout, stderr, status, seconds, state, stdout_cut or stderr_cut)
 
     async def arun(self, code: str, session: str = "default", timeout: float = 10.0) -> ExecResult:
         """`run` on a worker thread; cancelling the task kills the session (it is not reused)."""
+        if self._closed:  # its worker threads are gone: answer here, as `run` would
+            return self.run(code, session, timeout)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(
             self._executor, functools.partial(self.run, code, session, timeout)
@@ -177,15 +224,27 @@ class Sandbox:
             uid = f"a uid per session, leased host-wide from {self._uids.first}"
         else:
             uid = f"all sessions as uid {user[0]}"
+        if hello.get("seccomp"):
+            calls = "seccomp: keyrings, new namespaces, mounts, ptrace, bpf, io_uring refused"
+        else:
+            calls = "off: no seccomp filter here (keyrings: the uid's emptied at each start)"
+        namespaces = "off: shared /tmp (cleaned by uid), network and IPC shared"
+        if hello.get("namespaces"):
+            namespaces = "private /tmp (tmpfs), empty /run, no network, private IPC"
+            if hello.get("private_proc"):
+                namespaces += ", /proc of its own processes"
+            if hello.get("interpreter_binds"):
+                namespaces += f"; read-only: {', '.join(hello['interpreter_binds'])}"
         return {
             "memory and processes": "cgroup v1 memory + pids per session"
             if self._cgroups
             else "rlimits per process only",
-            "namespaces": "private /tmp (tmpfs), empty /run, no network, private IPC"
-            + (", /proc of its own processes" if hello.get("private_proc") else "")
-            if hello.get("namespaces")
-            else "off: shared /tmp (cleaned by uid), network and IPC shared",
+            "namespaces": namespaces,
             "uid": uid,
+            "system calls": calls,
+            "signals": "through pidfds: only to processes proven the session's"
+            if hello.get("pidfds")
+            else "by pid, each process checked first (no pidfds on this kernel)",
             "environment": f"allow-listed: {', '.join(self.config.environment)}",
         }
 
@@ -193,6 +252,10 @@ class Sandbox:
         """Kill the session's processes and remove what it left; unknown names are ignored."""
         with self._sessions_lock:
             sess = self._sessions.get(session)
+            restore = self._restores.get(session)
+            self._lost.discard(session)
+        if restore is not None:
+            self._cancel_restore(restore)
         if sess is not None:
             sess.closed_by_user = True
             self._discard(sess, grace_s=0.0)
@@ -205,8 +268,15 @@ class Sandbox:
             self._closed = True
             sessions = [*self._sessions.values(), *self._spares]
             self._spares.clear()
+            restores = list(self._restores.values())
+            threads = list(self._restore_threads)
+        for restore in restores:
+            self._cancel_restore(restore)
         for sess in sessions:
             self._discard(sess, grace_s=0.0)
+        deadline = time.monotonic() + _RESTORE_JOIN_S
+        for thread in threads:  # each ends as soon as its session is killed
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(Exception):
             self._server.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -235,17 +305,37 @@ class Sandbox:
             return "timeout", call, False
         reply = call.wait(deadline)
         # As Jupyter: interrupt the cell and keep the namespace, if it lands in time.
-        if reply is None and self._request({"op": "interrupt", "pid": sess.pid}).get("sent"):
-            reply = call.wait(time.monotonic() + self.config.interrupt_grace_s)
+        interrupted = False
+        if reply is None:
+            sess.send_interrupt_notice()
+            interrupted = bool(self._request({"op": "interrupt", "pid": sess.pid}).get("sent"))
+            if interrupted:
+                reply = call.wait(time.monotonic() + self.config.interrupt_grace_s)
         if reply is None:
             return "timeout", call, False
-        if reply == "interrupted":
-            return "timeout", call, True
+        if reply == "interrupted":  # only the harness's own interrupt makes a timeout
+            return ("timeout" if interrupted else "error"), call, True
         if reply == "crashed":
             return "crashed", call, False
+        if reply == OVER_CPU:  # killed by the harness for its budget, as RLIMIT_CPU would
+            return "killed", call, False
         return ("ok" if reply == "ok" else "error"), call, True
 
     # -- sessions -------------------------------------------------------------------------
+
+    def _session_for_call(self, name: str) -> tuple[Session, State]:
+        """The named session for a call, once any restore of it has ended; "lost" when a
+        restore that ended after its own call had returned did not succeed."""
+        while True:
+            with self._sessions_lock:
+                restore = self._restores.get(name)
+                if restore is None:
+                    state: State = "lost" if name in self._lost else "kept"
+                    self._lost.discard(name)
+                    break
+            if not restore.done.wait(self.config.restore_timeout_s + _SPAWN_TIMEOUT_S):
+                raise SandboxError(f"the restore of session {name!r} did not end")
+        return self._session(name), state
 
     def _session(self, name: str) -> Session:
         """The named session; a new one is a spare when there is one, else forked now."""
@@ -273,28 +363,77 @@ class Sandbox:
             self._discard(sess, grace_s=0.0)
         return existing
 
-    def _restore(self, old: Session) -> State:
-        """A new process for `old`'s name with its successful cells re-run, within the cap."""
-        self._discard(old, grace_s=0.0)
-        if old.closed_by_user or self._closed:
-            return "lost"
+    def _start_restore(self, old: Session) -> _Restore:
+        """Rebuild `old` (already discarded) in the background: a new process, then every
+        cell that ended with the namespace kept re-run in order, within the cap."""
+        restore = _Restore(old.name, list(old.history))
+        with self._sessions_lock:
+            if old.closed_by_user or self._closed:
+                restore.state = "lost"
+                restore.done.set()
+                return restore
+            self._restores[old.name] = restore
+            thread = threading.Thread(
+                target=self._restore, args=(restore,), name="sandbox-restore", daemon=True
+            )
+            self._restore_threads = [t for t in self._restore_threads if t.is_alive()]
+            self._restore_threads.append(thread)
+        thread.start()
+        return restore
+
+    def _restore(self, restore: _Restore) -> None:
+        """The restore's thread. A cell that ended `ok` must do so again; one that raised
+        may raise again (what it did before raising is back either way)."""
         deadline = time.monotonic() + self.config.restore_timeout_s
+        new: Session | None = None
         try:
-            new = self._session(old.name)
-            for code in old.history:
-                with new.lock:
-                    call = Call(new, code, 0, deadline)
-                    if call.wait(deadline) != "ok":
-                        raise SandboxError("a re-run cell did not succeed")
-                new.history.append(code)
-        except SandboxError as exc:
-            log.info("sandbox session %r not restored: %s", old.name, exc)
+            new = self._spawn(restore.name)  # never a spare: those keep new sessions quick
+            restore.session = new
+            if restore.cancelled:
+                raise SandboxError("closed meanwhile")
+            with new.lock:
+                for code, status in restore.history:
+                    ended = Call(new, code, 0, deadline).wait(deadline)
+                    if ended != "ok" and not (status == "error" and ended == "error"):
+                        raise SandboxError(f"a re-run cell ended {ended or 'past the cap'}")
+                    new.history.append((code, status))
+            registered = False
             with self._sessions_lock:
-                new = self._sessions.get(old.name)  # type: ignore[assignment]
+                if not (restore.cancelled or self._closed):
+                    registered = self._sessions.setdefault(restore.name, new) is new
+            if not registered:
+                raise SandboxError("closed meanwhile, or started afresh")
+        except Exception as exc:  # whatever happens, the restore ends (its waiters with it)
+            if isinstance(exc, (SandboxError, OSError)):
+                log.info("sandbox session %r not restored: %s", restore.name, exc)
+            else:
+                log.exception("sandbox session %r not restored", restore.name)
             if new is not None:
                 self._discard(new, grace_s=0.0)
-            return "lost"
-        return "restored"
+            restore.state = "lost"
+        with self._sessions_lock:
+            if self._restores.get(restore.name) is restore:
+                del self._restores[restore.name]
+            if restore.state == "lost" and not (restore.reported or restore.cancelled):
+                self._lost.add(restore.name)
+            restore.done.set()
+
+    def _await_restore(self, restore: _Restore, until: float) -> State:
+        """The restore's state if it ends by `until`; else "restored" (under way: if it
+        then fails, the session's next call reports "lost")."""
+        restore.done.wait(max(0.0, until - time.monotonic()))
+        with self._sessions_lock:
+            if not restore.done.is_set():
+                return "restored"
+            restore.reported = True
+            if restore.state == "lost":
+                self._lost.discard(restore.name)
+            return restore.state
+
+    def _cancel_restore(self, restore: _Restore) -> None:
+        restore.cancelled = True
+        if restore.session is not None:  # its re-run call then fails at once
+            self._discard(restore.session, grace_s=0.0)
 
     def _refill_spares(self) -> None:
         with self._sessions_lock:
@@ -327,6 +466,8 @@ class Sandbox:
 
     def _spawn(self, name: str) -> Session:
         """Fork a session, run the prelude (the first cell also pays the copy-on-write faults)."""
+        if self._closed:
+            raise SandboxError("the sandbox is closed")
         hello = self._server.ready()
         if not self._guards_logged:
             self._guards_logged = True
@@ -334,6 +475,9 @@ class Sandbox:
         generation = self._server.generation
         uid = cgroups = workdir = None
         channels = socket.socketpair()
+        # Each read then names its sender: only the session process may answer (Call).
+        with contextlib.suppress(OSError):
+            channels[0].setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         pipes = [os.pipe(), os.pipe()]
         try:
             if self._uids is not None:
@@ -350,6 +494,7 @@ class Sandbox:
                 "workdir": workdir,
                 "disk_mb": self.config.disk_mb,
                 "limits": self._limits,
+                "cpu_time_s": self.config.cpu_time_s,
             }
             reply = self._server.request(request, [channels[1].fileno(), pipes[0][1], pipes[1][1]])
         except (OSError, SandboxError) as exc:
@@ -360,9 +505,10 @@ class Sandbox:
             os.close(pipes[1][1])
         for fd in (pipes[0][0], pipes[1][0]):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+        pid = int(reply.get("pid") or 0)
         sess = Session(
             name,
-            int(reply.get("pid") or 0),
+            pid,
             channels[0],
             pipes[0][0],
             pipes[1][0],
@@ -370,12 +516,17 @@ class Sandbox:
             uid,
             cgroups or [],
             workdir,
+            # The server keeps its sessions unreaped until asked to kill them: this pid
+            # is still the session's own here, whatever has become of it.
+            pidfd=pids.pidfd_open(pid) if pid else None,
+            cpu_budget_s=self.config.cpu_time_s,
         )
         if "pid" not in reply:
             self._discard(sess, grace_s=0.0)
             raise SandboxError(f"fork server could not start a session: {reply}")
         prelude = self.config.session_prelude or _WARM_UP_CELL
-        if Call(sess, prelude, 0, time.monotonic() + 30.0).wait(time.monotonic() + 30.0) != "ok":
+        deadline = time.monotonic() + _SPAWN_TIMEOUT_S
+        if Call(sess, prelude, 0, deadline).wait(deadline) != "ok":
             self._discard(sess, grace_s=0.0)
             raise SandboxError("the session prelude failed")
         return sess
@@ -390,10 +541,13 @@ class Sandbox:
             return {}
         info: dict[str, Any] = {}
         try:
+            # How it ended, if it is ending: waited for here, never in the fork server,
+            # which serves every session.
+            if grace_s and sess.pidfd is not None:
+                pids.wait_exit(sess.pidfd, grace_s)
             if sess.pid and sess.generation == self._server.generation:
                 with contextlib.suppress(SandboxError):
-                    request = {"op": "kill", "pid": sess.pid, "grace_s": grace_s}
-                    info = self._server.request(request)
+                    info = self._server.request({"op": "kill", "pid": sess.pid})
             self._kill_leftovers(sess)
             # After a call on it has returned (it does once the process is dead): its
             # descriptors are never closed, and their numbers reused, under a live call.

@@ -50,6 +50,7 @@ class ForkServerClient:
             "user": user,
             "probe_uid": probe_uid,
             "namespaces": config.use_namespaces,
+            "seccomp": config.use_seccomp,
         }
         self._environment = session_environment(config.environment)
         self._on_replaced = on_replaced
@@ -96,7 +97,11 @@ class ForkServerClient:
 
     def check(self) -> None:
         """Replace the server now if it has died (its sessions are then restored before
-        their next cell runs, rather than failing it)."""
+        their next cell runs, rather than failing it). A live server costs no lock: a call
+        never waits here for another session's request."""
+        process = self._process
+        if self.closed or process is None or process.poll() is None:
+            return
         with self._lock:
             if self.closed or self._process is None or self._process.poll() is None:
                 return
