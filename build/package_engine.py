@@ -88,6 +88,11 @@ def manifest_fields(engine_config: dict[str, Any]) -> dict[str, Any]:
     fields["draft_len_per_beam"] = int(pretrained.get("redrafter_draft_len_per_beam", 0))
     # trtllm-build already added max_draft_len to max_seq_len (tensorrt_llm/builder.py).
     fields["max_draft_len"] = int(build.get("max_draft_len", 0) or 0)
+    # One rank per GPU (convert_checkpoint.py --tp_size); the runtime reads the same mapping.
+    fields["tp_size"] = int((pretrained.get("mapping") or {}).get("tp_size") or 1)
+    # KV block reuse needs --use_paged_context_fmha enable (docs/source/kv_cache_reuse.md).
+    paged = (build.get("plugin_config") or {}).get("use_paged_context_fmha")
+    fields["paged_context_fmha"] = "" if paged is None else ("enable" if paged else "disable")
     fields["python_version"] = "{}.{}".format(*sys.version_info[:2])
     return fields
 

@@ -11,8 +11,11 @@ holds the hash of its command line and of its inputs' fingerprints; so changing
 an argument or rebuilding an input re-runs exactly what depends on it.
 Before the expensive stages, `preflight.py` checks what can be known in
 advance (GPU, disk, versions, dtypes, lengths) and stops with a clear message.
-Every argument comes from ../shared/reference/aimo2-inference-recipe.md; the
-real flags are listed, with their sources, in docs/build.md.
+Every argument comes from the AIMO-2 winners' recipe (NeMo-Skills' tutorial
+"Building an Efficient Inference Engine for Solving Math Problems", 2025-08-28,
+NVIDIA/NeMo-Skills docs; its draft: alessiodevoto/NeMo-Skills, branch
+aimo-inference, docs/openmathinstruct2/inference.md); the real flags are listed,
+with their sources, in docs/build.md.
 """
 
 from __future__ import annotations
@@ -38,10 +41,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # run by path from a checkout: find the harness package
     sys.path.insert(0, str(REPO_ROOT))
 
+from submission.config import load_config  # noqa: E402
 from submission.config_fields import ConfigError, apply_mapping, read_toml  # noqa: E402
 
 LOG = logging.getLogger("build.pipeline")
 BUILD_DIR = Path(__file__).resolve().parent
+# The kernel's production config: its [kaggle] identity names the engine dataset.
+HARNESS_CONFIG = REPO_ROOT / "submission" / "kaggle.toml"
 STAGES = ("fetch", "calibration", "quantize", "drafter", "engine", "package")
 # Stages that take a GPU for minutes to hours: preflight checks run before them.
 EXPENSIVE_STAGES = ("quantize", "drafter", "engine", "package")
@@ -144,8 +150,10 @@ class EngineBuildConfig:
 @dataclass
 class PackageConfig:
     output_dir: str = "kaggle-dataset"
-    dataset_id: str = "your-kaggle-user/openmath-nemotron-14b-fp8-redrafter"
-    title: str = "OpenMath-Nemotron-14B FP8 ReDrafter engine"
+    # Empty = the harness config's identity (submission/kaggle.toml [kaggle]: owner/engine_slug,
+    # engine_title), the dataset the kernel loads from /kaggle/input/<engine_slug>.
+    dataset_id: str = ""
+    title: str = ""
     license: str = "CC-BY-4.0"
     tokenizer_globs: list[str] = field(
         default_factory=lambda: ["*tok*", "vocab.json", "merges.txt", "generation_config.json"]
@@ -227,6 +235,9 @@ def load_pipeline_config(
             raise PipelineError(str(exc)) from None
     if work_dir is not None:
         config.work_dir = work_dir
+    kaggle = load_config("aimo3", HARNESS_CONFIG).kaggle  # the one identity
+    config.package.dataset_id = config.package.dataset_id or kaggle.dataset_id(kaggle.engine_slug)
+    config.package.title = config.package.title or kaggle.engine_title
     return config
 
 

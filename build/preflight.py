@@ -149,6 +149,32 @@ def check_draft_checkpoint(
     return problems
 
 
+def check_tensor_parallel(quantize_gpus: int, drafter_tp: int) -> list[str]:
+    """The drafter conversion splits the quantized checkpoint as it was split: one tp size.
+
+    The engine runs on as many GPUs as that size (AIMO-2's 4x L4: 4; docs/kaggle.md).
+    """
+    if quantize_gpus == drafter_tp:
+        return []
+    return [
+        f"quantize.num_gpus ({quantize_gpus}) and drafter.tp_size ({drafter_tp}) differ: the "
+        "quantized checkpoint is split over num_gpus ranks and the drafter conversion must "
+        "use the same tp_size (4 for AIMO-2's four L4s, 1 for AIMO-3's H100)"
+    ]
+
+
+def check_dataset_owner(dataset_id: str) -> list[str]:
+    """The engine dataset must be owned by a real Kaggle user, not the placeholder."""
+    from submission.config import PLACEHOLDER_OWNER
+
+    if dataset_id.split("/")[0] != PLACEHOLDER_OWNER:
+        return []
+    return [
+        f"package: the engine dataset {dataset_id!r} names the placeholder owner: set yours "
+        "once (python -m submission kaggle-metadata --write --id USER/SLUG)"
+    ]
+
+
 def check_paths(required: dict[str, Path]) -> list[str]:
     return [f"{what} not found: {path}" for what, path in required.items() if not path.exists()]
 
@@ -205,6 +231,7 @@ def check_stage(stage: str, config: PipelineConfig, facts: Facts, resolved: Reso
             config.drafter.num_layers,
             trained,
         )
+        problems += check_tensor_parallel(config.quantize.num_gpus, config.drafter.tp_size)
         problems += check_paths(
             {"ReDrafter convert script": examples / "redrafter" / "convert_checkpoint.py"}
         )
@@ -229,6 +256,7 @@ def check_stage(stage: str, config: PipelineConfig, facts: Facts, resolved: Reso
         )
         problems += check_tools(["trtllm-build"])
     elif stage == "package":
+        problems += check_dataset_owner(config.package.dataset_id)
         problems += check_paths(
             {
                 "engine config": config.path(config.engine.output_dir) / "config.json",

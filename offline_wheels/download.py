@@ -3,6 +3,9 @@
     python offline_wheels/download.py --out DIR [--python-version 3.12] [--with-trtllm]
         [--with-harmony] [--with-vllm] [--dataset-id OWNER/SLUG] [--title TITLE]
 
+The dataset's id and title default to the config's identity (submission/kaggle.toml
+[kaggle]: owner/wheels_slug, wheels_title), as kaggle_metadata.json's dataset sources do.
+
 DIR gets:
   wheels/*.whl           binary wheels for the Kaggle image (pip download --only-binary=:all:
                          --python-version X --platform manylinux...), and our own wheel
@@ -35,10 +38,12 @@ if str(REPO_ROOT) not in sys.path:  # run by path from a checkout: find the harn
     sys.path.insert(0, str(REPO_ROOT))
 
 from submission.commands.vocab import VocabularyError, prepare  # noqa: E402
-from submission.config import TrtllmEngineConfig  # noqa: E402
+from submission.config import PLACEHOLDER_OWNER, KaggleConfig, TrtllmEngineConfig  # noqa: E402
 from submission.engines.trtllm_folder import wheel_pythons  # noqa: E402
 from submission.families.harmony_vocab import DATASET_FOLDER  # noqa: E402
 
+# The kernel's production config: its [kaggle] identity names the wheel dataset.
+HARNESS_CONFIG = REPO_ROOT / "submission" / "kaggle.toml"
 # The one setting for the Kaggle image's Python (the preflight checks the same value).
 KAGGLE_PYTHON = TrtllmEngineConfig().python_version
 # The Kaggle image is Ubuntu 22.04 (glibc 2.35): every manylinux level up to it is listed
@@ -165,13 +170,20 @@ def trtllm_python_problem(python_version: str) -> str | None:
     )
 
 
+def identity(config_file: Path = HARNESS_CONFIG) -> KaggleConfig:
+    """The [kaggle] identity of the production config (the one `kaggle-metadata --write` sets)."""
+    from submission.config import load_config
+
+    return load_config("aimo3", config_file).kaggle
+
+
 def build_wheelhouse(
     out: Path,
     python_version: str,
     platforms: tuple[str, ...] = DEFAULT_PLATFORMS,
     with_trtllm: bool = False,
-    dataset_id: str = "your-kaggle-username/aimo-offline-wheels",
-    title: str = "AIMO submission offline wheels",
+    dataset_id: str | None = None,
+    title: str | None = None,
     with_harmony: bool = False,
     with_vllm: bool = False,
 ) -> Path:
@@ -204,6 +216,16 @@ def build_wheelhouse(
             check=True,
         )
     build_own_wheel(wheels)
+    kaggle = identity()
+    dataset_id = dataset_id or kaggle.dataset_id(kaggle.wheels_slug)
+    if dataset_id.split("/")[0] == PLACEHOLDER_OWNER:
+        LOG.warning(
+            "dataset-metadata.json names the placeholder owner %r: set yours "
+            "(python -m submission kaggle-metadata --write --id USER/SLUG) before "
+            "`kaggle datasets create`",
+            PLACEHOLDER_OWNER,
+        )
+    title = title or kaggle.wheels_title
     write_dataset_folder(out, with_trtllm, dataset_id, title, with_harmony, with_vllm)
     LOG.info("wheelhouse ready: %d wheels in %s", len(list(wheels.glob("*.whl"))), wheels)
     return out
@@ -231,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="add vLLM (requirements-vllm.txt) for engine.server.kind = vllm",
     )
-    parser.add_argument("--dataset-id", default="your-kaggle-username/aimo-offline-wheels")
-    parser.add_argument("--title", default="AIMO submission offline wheels")
+    parser.add_argument(
+        "--dataset-id", default=None, help="default: the config's [kaggle] owner/wheels_slug"
+    )
+    parser.add_argument("--title", default=None, help="default: the config's wheels_title")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.with_trtllm and (problem := trtllm_python_problem(args.python_version)):

@@ -37,6 +37,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "build": ("submission.commands.build", "engine build pipeline (build/pipeline.toml)"),
     "smoke": ("submission.commands.smoke", "first run on a GPU box: load the engine, verdicts"),
+    "standin-model": (
+        "submission.commands.standin_model",
+        "write a tiny Qwen2 model (random weights, real tokenizer) for `smoke --engine hf`",
+    ),
     "vocab": (
         "submission.commands.vocab",
         "fetch or rebuild the harmony family's vocabulary (o200k_base.tiktoken), checked",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,9 @@ class ProfileConfig:
     # Kaggle accelerator for the kernel (kaggle_metadata.json machine_shape; AIMO-3: 1x H100,
     # AIMO-2: 4x L4, which the Kaggle CLI calls "NvidiaL4"; "NvidiaL4X1" is a single L4).
     machine_shape: Annotated[str, NonEmpty()] = "NvidiaH100"
+    # GPUs that machine has (AIMO-3: 1 H100 80 GB; AIMO-2: 4 L4 24 GB): an engine built for
+    # fewer leaves some idle (the doctor warns; docs/kaggle.md, first-push checklist).
+    gpus: Annotated[int, Range(ge=1)] = 1
 
 
 PROFILES: dict[str, dict[str, Any]] = {
@@ -87,6 +91,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "gateway_class": "AIMO2InferenceServer",
         "competition_dir": "/kaggle/input/ai-mathematical-olympiad-progress-prize-2",
         "machine_shape": "NvidiaL4",
+        "gpus": 4,
     },
 }
 
@@ -347,6 +352,7 @@ class SimEngineConfig:
 class TrtllmEngineConfig:
     """In-process TensorRT-LLM engine (production on Kaggle)."""
 
+    # Empty = the attached engine dataset, /kaggle/input/<kaggle.engine_slug> (set at load).
     engine_dir: str = ""
     tokenizer_dir: str = ""  # empty = engine_dir
     kv_cache_free_gpu_memory_fraction: Annotated[float, Range(gt=0, le=1)] = 0.92
@@ -472,6 +478,48 @@ class OutputConfig:
     progress: bool = True
 
 
+# The owner the committed files name until a competitor gives theirs (`kaggle-metadata
+# --write --id USER/SLUG`); `kaggle-metadata --check` refuses it wherever it is left.
+PLACEHOLDER_OWNER = "your-kaggle-username"
+# Kaggle's slugs: lowercase letters, digits and dashes (the CLI: 5-50 for a kernel's, 3-50
+# for a dataset's; ours all fit the kernel's rule).
+KAGGLE_SLUG = Pattern(r"[a-z0-9][a-z0-9-]{3,48}[a-z0-9]", "a-z, 0-9 and '-', 5-50 characters")
+KERNEL_TITLE = Pattern(r"[ -~]{5,50}", "5-50 ASCII characters")
+DATASET_TITLE = Pattern(r"[ -~]{6,50}", "6-50 ASCII characters")  # the CLI's dataset rule
+
+
+@dataclass
+class KaggleConfig:
+    """Who pushes, and what the kernel and its two datasets are called on Kaggle: set once here.
+
+    `python -m submission kaggle-metadata --write --id USER/SLUG [--title T]` writes the
+    owner and the kernel's slug and title into the config file (submission/kaggle.toml);
+    everything Kaggle-facing is made from this section: kaggle_metadata.json (id, title,
+    dataset sources), the wheel dataset (offline_wheels/download.py's dataset-metadata.json),
+    the engine dataset (build/pipeline.py's package stage) and the folder the kernel loads
+    the engine from (/kaggle/input/<engine_slug> when engine.trtllm.engine_dir is empty).
+    """
+
+    owner: Annotated[str, Pattern(r"[A-Za-z0-9][A-Za-z0-9_-]*", "a Kaggle username")] = (
+        PLACEHOLDER_OWNER
+    )
+    kernel_slug: Annotated[str, KAGGLE_SLUG] = "aimo-tir-harness"
+    # Kaggle makes the kernel's slug from its title: the two must agree (RELATIONS).
+    kernel_title: Annotated[str, KERNEL_TITLE] = "AIMO TIR Harness"
+    wheels_slug: Annotated[str, KAGGLE_SLUG] = "aimo-offline-wheels"
+    wheels_title: Annotated[str, DATASET_TITLE] = "AIMO submission offline wheels"
+    engine_slug: Annotated[str, KAGGLE_SLUG] = "aimo-engine-openmath-14b-fp8-redrafter"
+    engine_title: Annotated[str, DATASET_TITLE] = "OpenMath-Nemotron-14B FP8 ReDrafter engine"
+
+    def dataset_id(self, slug: str) -> str:
+        return f"{self.owner}/{slug}"
+
+
+def kaggle_slugify(title: str) -> str:
+    """What python-slugify (the Kaggle CLI's slugify) makes of an ASCII title."""
+    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+
+
 @dataclass
 class CollectConfig:
     """`python -m submission collect`: every attempt of every problem run to its own end."""
@@ -503,6 +551,7 @@ class Config:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    kaggle: KaggleConfig = field(default_factory=KaggleConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
 
 
@@ -515,6 +564,10 @@ RELATIONS: tuple[tuple[str, Callable[[Config], bool]], ...] = (
     (
         "budget.min_problem_s <= budget.max_problem_s",
         lambda c: c.budget.min_problem_s <= c.budget.max_problem_s,
+    ),
+    (
+        "kaggle.kernel_title slugifies to kaggle.kernel_slug (Kaggle names the kernel by it)",
+        lambda c: kaggle_slugify(c.kaggle.kernel_title) == c.kaggle.kernel_slug,
     ),
 )
 
@@ -558,6 +611,8 @@ def load_config(
             raise ConfigError(f"override {item!r} is not of the form section.field=value")
         _refuse_renamed(key.strip())
         set_field(config, key.strip(), raw.strip())
+    if not config.engine.trtllm.engine_dir:  # the attached engine dataset
+        config.engine.trtllm.engine_dir = f"/kaggle/input/{config.kaggle.engine_slug}"
     check_config(config)
     return config
 

@@ -185,6 +185,12 @@ def install_stage(argv: list[str] | None = None) -> KernelRun:
     if not make_package_importable(early.code_dir, early.wheel_dir):
         raise KernelStop(EXIT_FAILED, "the submission package is not importable (see above)")
     install_s = install_wheels(early.wheel_dir)
+    if missing := missing_runtime_packages():
+        raise KernelStop(
+            EXIT_NOT_READY,
+            f"runtime packages not installed: {', '.join(missing)} "
+            "(the offline wheels did not install: see above)",
+        )
     use_dataset_vocabulary(early.wheel_dir)
     started_at = process_started_at()
     from submission.config import ConfigError, config_from_args
@@ -361,6 +367,13 @@ def install_wheels(wheel_dir: Path | None) -> float:
     else:
         log.error("install: offline wheels from %s FAILED after %.1f s; going on", found, seconds)
     return seconds
+
+
+def missing_runtime_packages() -> list[str]:
+    """The runtime packages (preflight.RUNTIME_PACKAGES) this interpreter cannot import."""
+    from submission.preflight import RUNTIME_PACKAGES
+
+    return [name for name in RUNTIME_PACKAGES if importlib.util.find_spec(name) is None]
 
 
 def use_dataset_vocabulary(wheel_dir: Path | None) -> None:

@@ -41,6 +41,11 @@ class EngineManifest:
     # trtllm-build adds this to the --max_seq_len it was given: `max_seq_len` above is the
     # engine's (e.g. 32,003 for 32,000 and ReDrafter's 3), the room for tokens is the difference.
     max_draft_len: int = 0
+    # GPUs the engine is split over (0 = not recorded: read config.json's mapping).
+    tp_size: int = 0
+    # "enable" / "disable": built with --use_paged_context_fmha, which KV block reuse needs
+    # ("" = not recorded: read config.json's plugin_config).
+    paged_context_fmha: str = ""
     # CPython (major.minor) of the interpreter that built the engine; the Kaggle side must run
     # engine.trtllm.python_version, which the doctor compares with this.
     python_version: str = ""

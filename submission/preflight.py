@@ -2,12 +2,13 @@
 
 Each check is reported as ok / warn / fail with a one-line reason: the Python
 version, the runtime packages, the optional engine's package, a GPU, the
-engine folder and its manifest (for `trtllm`), the interpreter and MPI the
-pinned TensorRT-LLM needs, the engine built from the config, the model server
-the openai engine would start (its package, the weights folder, a free port),
-the model family's own needs (harmony: openai-harmony and its vocabulary's
-hash), the embedded default data, and the sandbox (one real call that also
-imports a module no session preloaded, with its guards). `CHECKS` is the
+engine folder and its manifest (for `trtllm`), what the engine was built with
+against the run (prefix reuse, its GPUs against the machine's), the interpreter
+and MPI the pinned TensorRT-LLM needs, the engine built from the config, the
+model server the openai engine would start (its package, the weights folder, a
+free port), the model family's own needs (harmony: openai-harmony and its
+vocabulary's hash), the embedded default data, and the sandbox (one real call
+that also imports a module no session preloaded, with its guards). `CHECKS` is the
 list, in order: one function per check, taking the config and yielding its
 findings. `python -m submission doctor` prints them; the kernel runs them all as
 its preflight (submission/kernel.py), so a check added here runs there too.
@@ -79,6 +80,64 @@ def check_gpu(config: Config) -> Iterator[Check]:
 def check_engine_dir(config: Config) -> Iterator[Check]:
     if config.engine.kind == "trtllm":
         yield _engine_dir(config)
+
+
+def check_engine_build(config: Config) -> Iterator[Check]:
+    """For trtllm: what the engine was built with against the run's needs: prefix reuse
+    (--use_paged_context_fmha) and the GPUs it is split over against the machine's."""
+    if config.engine.kind != "trtllm":
+        return
+    from submission.engines.base import EngineError
+    from submission.engines.trtllm_folder import inspect_engine_dir
+
+    trtllm = config.engine.trtllm
+    try:
+        facts = inspect_engine_dir(
+            Path(trtllm.engine_dir), Path(trtllm.tokenizer_dir or trtllm.engine_dir), False
+        )
+    except EngineError:
+        return  # "engine dir" says why
+    if trtllm.enable_block_reuse:
+        if facts.paged_context_fmha is False:
+            yield Check(
+                "kv block reuse",
+                "warn",
+                "engine.trtllm.enable_block_reuse is on, but the engine was built without "
+                "--use_paged_context_fmha enable, which reuse needs (TensorRT-LLM "
+                "docs/source/kv_cache_reuse.md): no prompt prefix will be reused; rebuild",
+            )
+        else:
+            known = "built with" if facts.paged_context_fmha else "not recorded:"
+            yield Check("kv block reuse", "ok", f"{known} --use_paged_context_fmha enable")
+    gpus = _gpu_count()
+    wanted = config.profile.gpus
+    if gpus is not None and gpus < facts.tp_size:
+        yield Check(
+            "engine gpus",
+            "fail",
+            f"the engine is split over {facts.tp_size} GPUs (tp_size), this machine has {gpus}",
+        )
+    elif facts.tp_size < wanted:
+        yield Check(
+            "engine gpus",
+            "warn",
+            f"the engine uses {facts.tp_size} of {config.profile.name}'s {wanted} GPUs: "
+            f"build it with tp_size {wanted} (docs/kaggle.md, first-push checklist)",
+        )
+    else:
+        yield Check("engine gpus", "ok", f"tp_size {facts.tp_size}, {gpus or '?'} GPUs here")
+
+
+def _gpu_count() -> int | None:
+    """GPUs nvidia-smi lists (None: no nvidia-smi, or it failed)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20, check=True)
+    except (subprocess.SubprocessError, OSError):
+        return None
+    return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
 
 
 def check_engine(config: Config) -> Iterator[Check]:
@@ -264,6 +323,7 @@ CHECKS: list[Callable[[Config], Iterator[Check]]] = [
     check_packages,
     check_gpu,
     check_engine_dir,
+    check_engine_build,
     check_trtllm_runtime,
     check_engine,
     check_model_server,

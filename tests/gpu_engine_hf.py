@@ -34,7 +34,7 @@ def build_model(out_dir: Path, tokenizer_dir: Path, shape: str) -> Path:
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from tests.fakes.qwen_tiny import FIRST_ADDED_ID, QWEN25_VOCAB_SIZE, SHAPES
+    from submission.standin import FIRST_ADDED_ID, QWEN25_VOCAB_SIZE, SHAPES
 
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tokenizer_dir / name, out_dir / name)

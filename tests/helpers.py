@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
 from submission.engines.base import Chunk, Engine, SamplingParams
 
 
@@ -16,3 +20,16 @@ async def collect(engine: Engine, prompt: str, params: SamplingParams) -> list[C
 
 def text_of(chunks: list[Chunk]) -> str:
     return "".join(c.text for c in chunks)
+
+
+def cached(root: Path, build: Callable[[Path], Path]) -> Path:
+    """`build(root)` once: later calls (other test modules, other runs) reuse the folder."""
+    done = root / ".complete"
+    if not done.exists():
+        partial = root.with_name(root.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        build(partial)
+        shutil.rmtree(root, ignore_errors=True)
+        partial.rename(root)
+        (root / ".complete").touch()
+    return root

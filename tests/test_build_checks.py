@@ -34,6 +34,7 @@ def tools_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def ready_work_dir(root: Path) -> pipeline.PipelineConfig:
     """A work dir where every stage's inputs are in place and consistent."""
     config = pipeline.load_pipeline_config(None, work_dir=str(root / "work"))
+    config.package.dataset_id = "me/aimo-engine-openmath-14b-fp8-redrafter"  # an owner set
     work = Path(config.work_dir)
     files = {
         f"{config.fetch.model_dir}/config.json": {"architectures": ["Qwen2ForCausalLM"]},
@@ -68,6 +69,25 @@ def check(stage: str, config: pipeline.PipelineConfig, facts: pipeline.Facts = H
 @pytest.mark.parametrize("stage", pipeline.EXPENSIVE_STAGES)
 def test_a_ready_box_passes(tmp_path: Path, tools_on_path: None, stage: str) -> None:
     assert check(stage, ready_work_dir(tmp_path)) == []
+
+
+def test_the_engine_dataset_comes_from_the_one_identity(
+    tmp_path: Path, tools_on_path: None
+) -> None:
+    """Before: pipeline.toml named `your-kaggle-user/openmath-...`, a second placeholder and a
+    second name for the dataset the kernel loads from /kaggle/input/aimo-engine-...."""
+    from submission.config import load_config
+
+    kaggle = load_config("aimo3", pipeline.HARNESS_CONFIG).kaggle
+    config = pipeline.load_pipeline_config(pipeline.BUILD_DIR / "pipeline.toml")
+    assert config.package.dataset_id == f"{kaggle.owner}/{kaggle.engine_slug}"
+    assert config.package.title == kaggle.engine_title
+    production = load_config("aimo3", pipeline.HARNESS_CONFIG)
+    assert production.engine.trtllm.engine_dir == f"/kaggle/input/{kaggle.engine_slug}"
+    ready = ready_work_dir(tmp_path)
+    ready.package.dataset_id = config.package.dataset_id  # the placeholder owner, as committed
+    (problem,) = check("package", ready)
+    assert "placeholder owner" in problem and "kaggle-metadata --write --id" in problem
 
 
 def test_fp8_needs_ada_or_hopper(tmp_path: Path, tools_on_path: None) -> None:
@@ -193,3 +213,15 @@ def test_the_sample_config_pins_what_offline_wheels_installs() -> None:
     assert pipeline.check_runtime_version("drafter", config.checks.tensorrt_llm_version) == []
     default = pipeline.PipelineConfig().checks.tensorrt_llm_version
     assert config.checks.tensorrt_llm_version == default
+
+
+def test_the_drafter_is_split_as_the_quantized_checkpoint(
+    tmp_path: Path, tools_on_path: None
+) -> None:
+    """AIMO-2's four L4s: quantize over 4 and convert the drafter with --tp_size 4, never mixed."""
+    config = ready_work_dir(tmp_path)
+    config.quantize.num_gpus, config.drafter.tp_size = 4, 1
+    (problem,) = check("drafter", config)
+    assert "quantize.num_gpus (4) and drafter.tp_size (1) differ" in problem
+    config.drafter.tp_size = 4
+    assert check("drafter", config) == []

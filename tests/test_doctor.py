@@ -60,3 +60,42 @@ def test_cli_exit_codes(capsys) -> None:  # type: ignore[no-untyped-def]
     assert "embedded data" in capsys.readouterr().out
     assert main(["doctor", "--no-sandbox", "--set", "engine.kind=trtllm"]) == 1
     assert main(["doctor", "--set", "solver.attempts=x"]) == 2
+
+
+def engine_folder(root: Path, plugin: dict, mapping: dict) -> Path:
+    """What trtllm-build writes that the doctor reads (config.json) plus the tokenizer files."""
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (root / name).write_text("{}")
+    config = {
+        "version": "1.0.0",
+        "pretrained_config": {"architecture": "Qwen2ForCausalLM", "mapping": mapping},
+        "build_config": {"max_seq_len": 32_000, "plugin_config": plugin},
+    }
+    (root / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def test_the_doctor_checks_the_engine_build_against_the_run(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Issue 21 items 10 and 12: prefix reuse needs --use_paged_context_fmha enable; AIMO-2's
+    four L4s want an engine split over four (tp_size 4)."""
+    import submission.preflight as preflight
+
+    monkeypatch.setattr(preflight, "_gpu_count", lambda: 4)
+    no_fmha = engine_folder(tmp_path / "a", {"use_paged_context_fmha": False}, {"tp_size": 1})
+    sets = ["engine.kind=trtllm", f"engine.trtllm.engine_dir={no_fmha}"]
+    checks = by_name(run_checks(load_config("aimo2", overrides=sets), sandbox=False))
+    assert checks["kv block reuse"].status == "warn"
+    assert "--use_paged_context_fmha enable" in checks["kv block reuse"].detail
+    assert checks["engine gpus"].status == "warn"
+    assert "uses 1 of aimo2's 4 GPUs" in checks["engine gpus"].detail
+    tp4 = engine_folder(tmp_path / "b", {"use_paged_context_fmha": True}, {"tp_size": 4})
+    sets = ["engine.kind=trtllm", f"engine.trtllm.engine_dir={tp4}"]
+    checks = by_name(run_checks(load_config("aimo2", overrides=sets), sandbox=False))
+    assert (checks["kv block reuse"].status, checks["engine gpus"].status) == ("ok", "ok")
+    monkeypatch.setattr(preflight, "_gpu_count", lambda: 1)
+    checks = by_name(run_checks(load_config("aimo3", overrides=sets), sandbox=False))
+    assert checks["engine gpus"].status == "fail"
+    assert "split over 4 GPUs (tp_size), this machine has 1" in checks["engine gpus"].detail

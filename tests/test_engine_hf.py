@@ -9,8 +9,8 @@ import pytest
 
 from submission.config import load_config
 from submission.engines.base import SamplingParams
-from tests.fakes.qwen_tiny import build_random_qwen2, cached
-from tests.helpers import collect, text_of
+from submission.standin import build_random_qwen2
+from tests.helpers import cached, collect, text_of
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")

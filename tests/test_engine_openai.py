@@ -22,9 +22,9 @@ import pytest
 from submission.config import PACKAGE_DATA, load_config
 from submission.engines.base import Chunk, EngineError, SamplingParams
 from submission.engines.openai import OpenaiEngine
+from submission.standin import build_random_qwen2
 from tests.fakes.completions_server import CompletionsServer
-from tests.fakes.qwen_tiny import build_random_qwen2, cached
-from tests.helpers import collect, text_of
+from tests.helpers import cached, collect, text_of
 
 PROMPT = "<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n"
 

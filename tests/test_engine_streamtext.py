@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from submission.engines.streamtext import IncrementalDecoder, StopMatcher
-from tests.fakes.qwen_tiny import build_qwen_tokenizer, cached
+from submission.standin import build_qwen_tokenizer
+from tests.helpers import cached
 
 TRANSCRIPTS = Path(__file__).parents[1] / "submission" / "data" / "tora70b_gsm8k_first250.jsonl"
 STOPS = ("```output", "</tool_call>", "<|im_end|>", "<|endoftext|>")

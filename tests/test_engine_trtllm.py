@@ -13,8 +13,9 @@ from submission.config import load_config
 from submission.engines.base import Chunk, EngineError, SamplingParams
 from submission.engines.trtllm import TrtllmEngine
 from submission.manifest import EngineManifest, hash_folder, write_manifest
+from submission.standin import build_qwen_tokenizer
 from tests.fakes import tensorrt_llm as fake_trt
-from tests.fakes.qwen_tiny import build_qwen_tokenizer, cached
+from tests.helpers import cached
 
 pytest.importorskip("transformers")
 

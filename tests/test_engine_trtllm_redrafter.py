@@ -19,9 +19,11 @@ import pytest
 
 from submission.config import load_config
 from submission.engines.base import EngineError, SamplingParams
+from submission.engines.trtllm_sampling import NEAR_GREEDY_TEMPERATURE
 from submission.manifest import EngineManifest, hash_folder, write_manifest
+from submission.standin import build_qwen_tokenizer
 from tests.fakes import tensorrt_llm as fake_trt
-from tests.fakes.qwen_tiny import build_qwen_tokenizer, cached
+from tests.helpers import cached
 from tests.test_engine_trtllm import (
     PROMPT,
     STOPS,
@@ -77,7 +79,7 @@ async def test_a_sampling_drafter_gets_an_explicit_temperature(
         greedy = await collect(engine, SamplingParams(max_tokens=400, temperature=0.0, stop=STOPS))
         applied = model.requests[0]["applied"]
         # Not the default temperature (1.0) a request without one gets: near-greedy.
-        assert 0 < applied["temperature"] <= 1e-3
+        assert applied["temperature"] == NEAR_GREEDY_TEMPERATURE
         assert joined(greedy) == text
 
         asked = SamplingParams(
@@ -297,3 +299,200 @@ async def test_the_attempt_log_records_the_effective_sampling(tmp_path, tokenize
     assert record.answer == 42
     assert record.sampling == "temperature=0.6 seed=5; ignored top_p=0.95"
     assert record.row()["sampling"] == record.sampling
+
+
+# --- issue 21 items 10 and 12: TensorRT-LLM facts re-read against the sources ------------------
+
+
+def engine_config_edit(engine_dir: Path, **changes: dict) -> Path:
+    """Merge `changes` into config.json's sections (pretrained_config, build_config)."""
+    config = json.loads((engine_dir / "config.json").read_text())
+    for section, values in changes.items():
+        config.setdefault(section, {}).update(values)
+    (engine_dir / "config.json").write_text(json.dumps(config))
+    return engine_dir
+
+
+@pytest.mark.parametrize("api", ["llm", "runner"])
+async def test_near_greedy_does_not_overflow_a_float16_engine(
+    tmp_path, tokenizer_dir, monkeypatch, api
+):
+    """ReDrafter multiplies the logits by 1/T in the engine's dtype: at the old near-greedy
+    0.001 a float16 engine's logits overflowed (the fake's reach 100: 100,000 > 65,504)."""
+    text = tora_generation(2).rsplit("```", 1)[1]
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    engine_config_edit(engine_dir, pretrained_config={"dtype": "float16"})
+    model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: text)
+    engine = engine_for(engine_dir, **{"engine.trtllm.api": api})
+    await engine.start()
+    try:
+        greedy = await collect(engine, SamplingParams(max_tokens=400, temperature=0.0, stop=STOPS))
+        assert greedy[-1].finish_reason != "error" and joined(greedy) == text
+        assert "overflow" not in model.requests[0]["applied"]
+        cold = await collect(engine, SamplingParams(max_tokens=400, temperature=0.0005))
+        assert cold[-1].finish_reason != "error"
+        assert model.requests[1]["applied"]["temperature"] == NEAR_GREEDY_TEMPERATURE
+        assert "temperature=0.0005 (raised to 0.01)" in cold[0].meta["sampling"]
+    finally:
+        await engine.close()
+
+
+def test_the_fake_overflows_where_the_real_engine_would(tmp_path, tokenizer_dir, monkeypatch):
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    engine_config_edit(engine_dir, pretrained_config={"dtype": "float16"})
+    model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: "")
+    assert model.applied_sampling(temperature=0.001, seed=0)["overflow"] is True
+    assert "overflow" not in model.applied_sampling(temperature=0.01, seed=0)
+    engine_config_edit(engine_dir, pretrained_config={"dtype": "bfloat16"})
+    assert "overflow" not in model.applied_sampling(temperature=0.001, seed=0)
+
+
+def test_a_step_accepts_at_most_draft_len_per_beam_plus_one(tmp_path, tokenizer_dir, monkeypatch):
+    """Five beams of three: max_draft_len is 15, but one step accepts at most 3 + 1."""
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    engine_config_edit(engine_dir, build_config={"max_draft_len": 15})
+    model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: "", accepted_per_step=(16,))
+    steps = model.step_sizes()
+    assert [next(steps) for _ in range(3)] == [4, 4, 4]
+
+
+def fake_mpi4py(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.machinery
+    import types
+
+    module = types.ModuleType("mpi4py")
+    module.__spec__ = importlib.machinery.ModuleSpec("mpi4py", None)
+    monkeypatch.setitem(sys.modules, "mpi4py", module)
+
+
+async def test_a_tensor_parallel_engine_runs_on_all_its_gpus(tmp_path, tokenizer_dir, monkeypatch):
+    """AIMO-2's 4x L4: an engine converted with --tp_size 4 runs one MPI rank per GPU through the
+    LLM API (before: the adapter kept every engine in one process, one GPU)."""
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    engine_config_edit(engine_dir, pretrained_config={"mapping": {"tp_size": 4, "world_size": 4}})
+    model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: "")
+    fake_mpi4py(monkeypatch)
+    engine = engine_for(engine_dir, **{"engine.trtllm.api": "auto"})
+    await engine.start()
+    try:
+        (loaded,) = model.loaded
+        assert loaded["tensor_parallel_size"] == 4
+        assert (loaded["api"], loaded["worker"], loaded["ranks"]) == ("llm", "mpi", 4)
+        assert engine.facts.tp_size == 4
+    finally:
+        await engine.close()
+    with pytest.raises(EngineError, match="mpirun"):
+        await engine_for(engine_dir, **{"engine.trtllm.api": "runner"}).start()
+
+
+async def test_a_tensor_parallel_engine_needs_mpi4py(tmp_path, tokenizer_dir, monkeypatch):
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    engine_config_edit(engine_dir, pretrained_config={"mapping": {"tp_size": 4}})
+    fake_trt.install(monkeypatch, engine_dir, lambda prompt: "")
+    monkeypatch.setattr(fake_trt.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EngineError, match="MPI worker processes"):
+        await engine_for(engine_dir).start()
+
+
+def test_the_fake_refuses_a_tensor_parallel_size_the_engine_was_not_built_for(
+    tmp_path, tokenizer_dir, monkeypatch
+):
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    fake_trt.install(monkeypatch, engine_dir, lambda prompt: "")
+    llm_class = fake_trt.sys.modules["tensorrt_llm._tensorrt_engine"].LLM
+    with pytest.raises(ValueError, match="not consistent with the engine's tp_size 1"):
+        llm_class(model=str(engine_dir), tensor_parallel_size=4)
+
+
+async def test_block_reuse_needs_paged_context_fmha(tmp_path, tokenizer_dir, monkeypatch, caplog):
+    """KV block reuse needs an engine built with --use_paged_context_fmha enable
+    (docs/source/kv_cache_reuse.md): without it nothing is reused, and the adapter says so."""
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    engine_config_edit(
+        engine_dir, build_config={"plugin_config": {"use_paged_context_fmha": False}}
+    )
+    model = fake_trt.install(monkeypatch, engine_dir, lambda prompt: "x")
+    engine = engine_for(engine_dir)
+    with caplog.at_level(logging.WARNING):
+        await engine.start()
+    try:
+        assert "--use_paged_context_fmha enable" in caplog.text
+        assert engine.facts.paged_context_fmha is False
+        for _ in range(2):
+            await collect(engine, SamplingParams(max_tokens=4), PROMPT * 20)
+        assert model.reused_blocks == 0
+    finally:
+        await engine.close()
+
+
+def test_the_manifest_records_tp_and_paged_context_fmha(tmp_path, tokenizer_dir):
+    from build.package_engine import manifest_fields
+
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    engine_config_edit(
+        engine_dir,
+        pretrained_config={"dtype": "bfloat16", "mapping": {"tp_size": 4}},
+        build_config={"plugin_config": {"use_paged_context_fmha": True}},
+    )
+    fields = manifest_fields(json.loads((engine_dir / "config.json").read_text()))
+    assert (fields["tp_size"], fields["paged_context_fmha"]) == (4, "enable")
+
+
+class ImportRecorder:
+    """A meta-path finder that notes when `tensorrt_llm` is imported, then serves the fake."""
+
+    def __init__(self, fake_root: object, events: list[str]) -> None:
+        self.fake_root = fake_root
+        self.events = events
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> object:
+        import importlib.machinery
+
+        if name != "tensorrt_llm":
+            return None
+        return importlib.machinery.ModuleSpec(name, self)  # found (find_spec runs no code)
+
+    def create_module(self, spec: object) -> object:
+        self.events.append("import tensorrt_llm")  # loaded: the real one runs _utils.py here
+        return self.fake_root
+
+    def exec_module(self, module: object) -> None:
+        return None
+
+
+def test_tensorrt_llm_is_imported_only_after_the_sandbox_fork_server_starts(
+    tmp_path, tokenizer_dir, monkeypatch
+):
+    """`import tensorrt_llm` initialises MPI (tensorrt_llm/_utils.py: `MPI.COMM_WORLD`,
+    `Split_type`), and a fork after MPI or CUDA is unsafe: the preflight never imports it, and
+    the harness imports it only once its sandbox's fork server runs."""
+    from submission.harness import Harness
+    from submission.preflight import run_checks
+    from submission.sandbox import server
+
+    engine_dir = redrafter_dir(tmp_path / "engine", tokenizer_dir)
+    fake_trt.install(monkeypatch, engine_dir, lambda prompt: "")
+    monkeypatch.setenv(fake_trt.SINGLE_PROCESS_ENV, "1")
+    events: list[str] = []
+    fake_root = sys.modules["tensorrt_llm"]
+    monkeypatch.delitem(sys.modules, "tensorrt_llm")
+    monkeypatch.setattr(sys, "meta_path", [ImportRecorder(fake_root, events), *sys.meta_path])
+    start = server.ForkServerClient._start
+
+    def noting_start(self: object) -> None:
+        start(self)
+        events.append("fork server")
+
+    monkeypatch.setattr(server.ForkServerClient, "_start", noting_start)
+    config = load_config(
+        "aimo3", overrides=["engine.kind=trtllm", f"engine.trtllm.engine_dir={engine_dir}"]
+    )
+    run_checks(config, sandbox=True)  # the kernel's preflight: every doctor check
+    assert "import tensorrt_llm" not in events
+    events.clear()
+    harness = Harness.start(config)
+    try:
+        harness.wait_ready(timeout_s=120)
+    finally:
+        harness.close()
+    assert events[0] == "fork server" and "import tensorrt_llm" in events, events

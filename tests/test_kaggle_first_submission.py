@@ -219,6 +219,7 @@ def test_the_one_placeholder_is_rejected_and_replaced(tmp_path: Path) -> None:
     from submission.commands.kaggle_metadata import (
         DEFAULT_PATH,
         PLACEHOLDER_OWNER,
+        PRODUCTION_CONFIG,
         check_metadata,
         metadata_from_config,
     )
@@ -227,15 +228,15 @@ def test_the_one_placeholder_is_rejected_and_replaced(tmp_path: Path) -> None:
     import download
 
     committed = json.loads(DEFAULT_PATH.read_text())
-    config = load_config("aimo3")
+    config = load_config("aimo3", PRODUCTION_CONFIG)
     errors = check_metadata(committed, DEFAULT_PATH.parent, config)
     assert len(errors) == 1 and PLACEHOLDER_OWNER in errors[0]  # nothing else is wrong
-    written = metadata_from_config(config, committed, kernel_id="kagtester/aimo-tir-harness")
+    config.kaggle.owner = "kagtester"
+    written = metadata_from_config(config, committed)
     assert check_metadata(written, DEFAULT_PATH.parent, config) == []
     assert all(s.startswith("kagtester/") for s in written["dataset_sources"])
-    # download.py's dataset id uses the same placeholder (`--check` knows only that one).
-    parser_default = download.build_wheelhouse.__defaults__
-    assert any(str(d).startswith(f"{PLACEHOLDER_OWNER}/") for d in parser_default or ())
+    # download.py's dataset id comes from the same identity (one owner to set).
+    assert download.identity().owner == PLACEHOLDER_OWNER
     # No dataset that nothing builds: our code ships as our wheel in the wheels dataset.
     assert not any("aimo-submission-code" in s for s in committed["dataset_sources"])
 

@@ -223,6 +223,32 @@ def test_the_kernel_file_runs_standalone_with_the_builtin_replay(tmp_path: Path)
         assert answer in recorded, (pid, answer, recorded)
 
 
+def test_a_kernel_without_its_runtime_packages_stops_clearly(tmp_path: Path) -> None:
+    """A wheelhouse for another Python installs nothing: the kernel says so and stops (exit 3).
+
+    Before: 'offline install failed ... pyarrow', then a psutil traceback (issue 21 item 2).
+    """
+    other = "3.13" if sys.version_info[:2] != (3, 13) else "3.12"
+    wheels = tmp_path / "aimo-offline-wheels" / "wheels"
+    wheels.mkdir(parents=True)
+    tag = "cp" + other.replace(".", "")
+    (wheels / f"pyarrow-26.0.1-{tag}-{tag}-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    done = subprocess.run(
+        # -S: no site-packages, as in a fresh venv before the wheels are installed
+        [sys.executable, "-S", str(REPO / "submission" / "kernel.py"), "--code-dir", str(REPO)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), kernel.ENV_WHEEL_DIR: str(wheels)},
+    )
+    this = "{}.{}".format(*sys.version_info[:2])
+    assert done.returncode == kernel.EXIT_NOT_READY, done.stderr[-3000:]
+    assert f"is for CPython {other}" in done.stderr and f"this Python is {this}" in done.stderr
+    assert "runtime packages not installed: polars, pyarrow" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_the_wheel_dataset_is_found_and_installed_from(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -347,3 +373,14 @@ def test_production_config_and_profile_detection(tmp_path: Path, monkeypatch) ->
     assert kernel.detect_profile("aimo3") == "aimo2"
     aimo2_dir.rmdir()
     assert kernel.detect_profile("aimo3") == "aimo3"
+
+
+def test_the_kernel_and_replay_exit_with_the_same_codes() -> None:
+    """kernel.py keeps its own (it runs before the package is importable): the same numbers."""
+    from submission import local_run
+
+    assert (kernel.EXIT_FAILED, kernel.EXIT_BAD_INPUT, kernel.EXIT_NOT_READY) == (
+        local_run.EXIT_FAILED,
+        local_run.EXIT_BAD_INPUT,
+        local_run.EXIT_NOT_READY,
+    )

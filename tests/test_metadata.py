@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,18 @@ from submission.commands.kaggle_metadata import (
     KERNEL_METADATA_FILE,
     NOTEBOOK_FILE,
     PLACEHOLDER_OWNER,
+    PRODUCTION_CONFIG,
     check_metadata,
     metadata_from_config,
-    slugify,
 )
-from submission.config import load_config
+from submission.config import Config, kaggle_slugify, load_config
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def owned(profile: str = "aimo3", *overrides: str) -> Config:
+    """A config whose identity's owner is 'someone' (the one `good()` names)."""
+    return load_config(profile, overrides=["kaggle.owner=someone", *overrides])
 
 
 def good() -> dict[str, Any]:
@@ -48,16 +54,20 @@ def test_the_committed_metadata_passes_for_aimo3_once_its_owner_is_filled_in() -
     config = load_config("aimo3")
     (error,) = check_metadata(meta, DEFAULT_PATH.parent, config)
     assert PLACEHOLDER_OWNER in error  # the one thing a competitor must edit
-    owned = metadata_from_config(config, meta, kernel_id="someone/aimo-tir-harness")
-    assert check_metadata(owned, DEFAULT_PATH.parent, config) == []
+    production = load_config("aimo3", PRODUCTION_CONFIG)  # the kernel's: the engine dataset too
+    (error,) = check_metadata(meta, DEFAULT_PATH.parent, production)
+    assert PLACEHOLDER_OWNER in error
+    config = load_config("aimo3", PRODUCTION_CONFIG, ["kaggle.owner=someone"])
+    written = metadata_from_config(config, meta)
+    assert check_metadata(written, DEFAULT_PATH.parent, config) == []
     assert meta["enable_internet"] is False  # written, not left to the CLI's default (true)
     assert (REPO / meta["code_file"]).is_file()
 
 
 def test_a_good_file_passes_and_string_booleans_are_accepted() -> None:
-    assert check_metadata(good(), REPO, load_config("aimo3")) == []
+    assert check_metadata(good(), REPO, owned()) == []
     meta = good() | {"enable_gpu": "True", "enable_internet": "false", "is_private": "FALSE"}
-    assert check_metadata(meta, REPO, load_config("aimo3")) == []
+    assert check_metadata(meta, REPO, owned()) == []
 
 
 @pytest.mark.parametrize(
@@ -90,41 +100,62 @@ def test_a_good_file_passes_and_string_booleans_are_accepted() -> None:
 )
 def test_each_rule_catches_its_breach(change: dict[str, Any], message: str) -> None:
     meta = good() | change
-    errors = check_metadata(meta, REPO, load_config("aimo3"))
+    errors = check_metadata(meta, REPO, owned())
     assert any(message in e for e in errors), errors
 
 
 def test_enable_internet_must_be_written() -> None:
     meta = good()
     del meta["enable_internet"]
-    errors = check_metadata(meta, REPO, load_config("aimo3"))
+    errors = check_metadata(meta, REPO, owned())
     assert any("the CLI defaults it to true" in e for e in errors)
 
 
 def test_slugify_matches_the_cli_on_ascii_titles() -> None:
-    assert slugify("AIMO TIR Harness") == "aimo-tir-harness"
-    assert slugify("  AIMO-3: TIR (v2)! ") == "aimo-3-tir-v2"
+    assert kaggle_slugify("AIMO TIR Harness") == "aimo-tir-harness"
+    assert kaggle_slugify("  AIMO-3: TIR (v2)! ") == "aimo-3-tir-v2"
 
 
 def test_write_fills_from_the_profile_and_the_engine_paths() -> None:
-    config = load_config("aimo2")
-    config.engine.trtllm.engine_dir = "/kaggle/input/omn-14b-fp8-engine/engine"
-    config.engine.trtllm.tokenizer_dir = "/kaggle/input/omn-14b-fp8-engine/tokenizer"
-    existing = {"id": "me/aimo-harness", "title": "AIMO Harness", "enable_internet": True}
-    meta = metadata_from_config(config, existing, datasets=("me/aimo-offline-wheels",))
-    assert meta["id"] == "me/aimo-harness" and meta["title"] == "AIMO Harness"
+    config = load_config(
+        "aimo2",
+        overrides=[
+            "kaggle.owner=me",
+            "kaggle.kernel_slug=aimo-harness",
+            "kaggle.kernel_title='AIMO Harness'",
+            "engine.kind=trtllm",
+            "engine.trtllm.engine_dir=/kaggle/input/omn-14b-fp8-engine/engine",
+            "engine.trtllm.tokenizer_dir=/kaggle/input/omn-14b-fp8-engine/tokenizer",
+        ],
+    )
+    existing = {"id": "old/name", "title": "Old Name", "enable_internet": True}
+    meta = metadata_from_config(config, existing, datasets=("someone/extra-data",))
+    assert meta["id"] == "me/aimo-harness" and meta["title"] == "AIMO Harness"  # the identity
     assert meta["enable_internet"] is False and meta["enable_gpu"] is True
     assert meta["machine_shape"] == "NvidiaL4"
     assert meta["competition_sources"] == ["ai-mathematical-olympiad-progress-prize-2"]
-    assert meta["dataset_sources"] == ["me/aimo-offline-wheels", "me/omn-14b-fp8-engine"]
+    assert meta["dataset_sources"] == [
+        "me/aimo-offline-wheels",
+        "me/omn-14b-fp8-engine",
+        "someone/extra-data",
+    ]
     assert check_metadata(meta, REPO, config) == []
+
+
+def cli_args(tmp_path: Path) -> list[str]:
+    """kaggle-metadata on a metadata file and a copy of the production config in tmp_path."""
+    config = tmp_path / "kaggle.toml"
+    if not config.exists():
+        config.write_text(PRODUCTION_CONFIG.read_text())
+    path = tmp_path / "kaggle_metadata.json"
+    return ["kaggle-metadata", "--path", str(path), "--config", str(config)]
 
 
 def test_cli_write_check_and_stage(tmp_path: Path) -> None:
     path = tmp_path / "kaggle_metadata.json"
     (tmp_path / "submission").mkdir()
     (tmp_path / CODE_FILE).write_text("print('kernel')\n")
-    args = ["kaggle-metadata", "--path", str(path)]
+    args = cli_args(tmp_path)
     assert main([*args, "--check"]) == 1  # missing
     assert main([*args, "--write", "--id", "me/aimo-harness", "--title", "AIMO Harness"]) == 0
     assert main([*args, "--check"]) == 0
@@ -134,7 +165,8 @@ def test_cli_write_check_and_stage(tmp_path: Path) -> None:
     assert (staged["kernel_type"], staged["code_file"]) == ("notebook", NOTEBOOK_FILE)
     notebook = json.loads((tmp_path / "push" / NOTEBOOK_FILE).read_text())
     assert "print('kernel')\n" in notebook["cells"][1]["source"]
-    assert check_metadata(staged, tmp_path / "push", load_config("aimo3")) == []
+    config = load_config("aimo3", tmp_path / "kaggle.toml")
+    assert check_metadata(staged, tmp_path / "push", config) == []
     path.write_text(path.read_text().replace('"notebook"', '"script"'))
     assert main([*args, "--stage", str(tmp_path / "script")]) == 0
     staged = json.loads((tmp_path / "script" / KERNEL_METADATA_FILE).read_text())
@@ -147,9 +179,9 @@ def test_cli_write_check_and_stage(tmp_path: Path) -> None:
 def test_a_notebook_code_file_must_be_notebook_json(tmp_path: Path) -> None:
     (tmp_path / "k.ipynb").write_text("print('not json')")
     meta = good() | {"kernel_type": "notebook", "code_file": "k.ipynb"}
-    assert any("is not notebook JSON" in e for e in check_metadata(meta, tmp_path, load_config()))
+    assert any("is not notebook JSON" in e for e in check_metadata(meta, tmp_path, owned()))
     (tmp_path / "k.ipynb").write_text('{"cells": []}')
-    assert check_metadata(meta, tmp_path, load_config()) == []
+    assert check_metadata(meta, tmp_path, owned()) == []
 
 
 def test_the_staged_notebook_runs_its_stages_in_a_notebook_kernel(tmp_path: Path) -> None:
@@ -211,6 +243,89 @@ def test_the_staged_notebook_runs_its_stages_in_a_notebook_kernel(tmp_path: Path
     assert sorted(submission["id"]) == sorted(frame["id"])
 
 
+# --- one identity (issue 21 item 4) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "title"),
+    [
+        (["--id", "kagtester/aimo-tir-harness"], "AIMO TIR Harness"),  # the title kept
+        (["--id", "kagtester/my-first-aimo"], "My First Aimo"),  # made from the slug
+        (["--id", "kag_t-1/aimo3-tir", "--title", "AIMO3 TIR"], "AIMO3 TIR"),
+    ],
+)
+def test_write_output_passes_its_own_check(
+    tmp_path: Path, given: list[str], title: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: `--write --id USER/my-first-aimo` kept the title 'AIMO TIR Harness' (another
+    slug), printed 'error:' and exited 0; `--check` then rejected the file."""
+    args = cli_args(tmp_path)
+    (tmp_path / "submission").mkdir()
+    (tmp_path / CODE_FILE).write_text("print('kernel')\n")
+    assert main([*args, "--write", *given]) == 0, capsys.readouterr().out
+    assert main([*args, "--check"]) == 0, capsys.readouterr().out
+    meta = json.loads((tmp_path / "kaggle_metadata.json").read_text())
+    owner = given[1].split("/")[0]
+    assert meta["id"] == given[1] and meta["title"] == title
+    # Every Kaggle id is the identity's: the wheels, and the engine the kernel loads.
+    config = load_config("aimo3", tmp_path / "kaggle.toml")
+    engine_slug = config.engine.trtllm.engine_dir.removeprefix("/kaggle/input/")
+    assert meta["dataset_sources"] == [f"{owner}/aimo-offline-wheels", f"{owner}/{engine_slug}"]
+    assert config.kaggle.owner == owner and engine_slug == config.kaggle.engine_slug
+    sys.path.insert(0, str(REPO / "offline_wheels"))
+    import download
+
+    wheels = download.identity(tmp_path / "kaggle.toml")
+    assert wheels.dataset_id(wheels.wheels_slug) == f"{owner}/aimo-offline-wheels"
+    # The rest of the config file is kept.
+    assert 'kind = "trtllm"' in (tmp_path / "kaggle.toml").read_text()
+
+
+@pytest.mark.parametrize(
+    ("given", "code", "message"),
+    [
+        (["--write", "--id", "me/abc"], 2, "kaggle.kernel_slug = 'abc': must look like"),
+        (["--write", "--id", "no-slash"], 2, "is not USER/kernel-slug"),
+        (["--write", "--title", "Other Title"], 2, "slugifies to kaggle.kernel_slug"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(
+    tmp_path: Path, given: list[str], code: int, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = cli_args(tmp_path)
+    before = (tmp_path / "kaggle.toml").read_text()
+    assert main([*args, *given]) == code
+    assert message in " ".join(capsys.readouterr().out.split())
+    assert (tmp_path / "kaggle.toml").read_text() == before
+    assert not (tmp_path / "kaggle_metadata.json").exists()
+
+
+def test_any_error_exits_nonzero(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: errors without --check or --stage were printed and the exit code was 0."""
+    args = cli_args(tmp_path)
+    (tmp_path / "kaggle_metadata.json").write_text(json.dumps(good() | {"enable_gpu": False}))
+    assert main(args) == 1
+    assert "enable_gpu must be true" in capsys.readouterr().out
+
+
+def test_the_committed_files_name_one_identity() -> None:
+    """kaggle_metadata.json says what submission/kaggle.toml's [kaggle] says, and no file of
+    build/ or submission/ cites ../shared (a clone has none)."""
+    production = load_config("aimo3", PRODUCTION_CONFIG)
+    meta = json.loads(DEFAULT_PATH.read_text())
+    errors = check_metadata(meta, DEFAULT_PATH.parent, production)
+    assert [e for e in errors if PLACEHOLDER_OWNER not in e] == []
+    cited = [
+        str(path.relative_to(REPO))
+        for folder in ("build", "submission", "offline_wheels")
+        for path in (REPO / folder).rglob("*")
+        if path.is_file()
+        and path.suffix in (".py", ".toml", ".md", ".txt", ".sh", ".json")
+        and "../shared" in path.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert cited == []
+
+
 def test_a_kaggle_models_handle_is_a_model_source_the_server_config_needs() -> None:
     """kaggle 2.2.5's kernels_push validates each model source as
     owner/model/framework/instance/version (validate_model_instance_version_string)."""
@@ -221,6 +336,7 @@ def test_a_kaggle_models_handle_is_a_model_source_the_server_config_needs() -> N
             "engine.kind=openai",
             "engine.server.kind=vllm",
             "engine.server.model=/kaggle/input/gpt-oss-120b/transformers/default/1",
+            "kaggle.owner=someone",  # the owner good() names
         ],
     )
     handle = "openai/gpt-oss-120b/transformers/default/1"

@@ -43,8 +43,28 @@ def test_install_command_reads_the_dataset_layout(tmp_path: Path) -> None:
     ]
     (tmp_path / "requirements.txt").write_text("aimo-submission==0.1.0\n")
     argv = offline.install_command(tmp_path, "py")
-    assert argv[:6] == ["py", "-m", "pip", "install", "--no-index", "--disable-pip-version-check"]
+    assert argv[:7] == [
+        *("py", "-m", "pip", "install", "--no-index", "--disable-pip-version-check"),
+        "--no-compile",
+    ]
     assert argv[-2:] == ["-r", str(tmp_path / "requirements.txt")]
+
+
+def test_a_wheelhouse_for_another_python_is_refused_naming_both(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    this = "{}.{}".format(*sys.version_info[:2])
+    other = "3.13" if this != "3.13" else "3.12"
+    tag = "cp" + other.replace(".", "")
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / f"numpy-2.4.6-{tag}-{tag}-manylinux_2_28_x86_64.whl").write_bytes(b"")
+    (tmp_path / "wheels" / "psutil-7.2.2-cp36-abi3-manylinux2010_x86_64.whl").write_bytes(b"")
+    assert offline.wheelhouse_pythons(tmp_path / "wheels") == {
+        other: f"numpy-2.4.6-{tag}-{tag}-manylinux_2_28_x86_64.whl"
+    }
+    assert offline.install_offline_wheels(tmp_path) is False
+    assert f"is for CPython {other}" in caplog.text and f"this Python is {this}" in caplog.text
+    assert f"--python-version {this}" in caplog.text  # and how to get the right one
 
 
 def test_a_broken_wheel_fails_cleanly(tmp_path: Path) -> None:

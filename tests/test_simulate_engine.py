@@ -144,3 +144,17 @@ def test_from_config_reads_the_log_and_fails_clearly_without_one(tmp_path: Path)
     missing = load_config(overrides=[f"engine.sim.attempts_csv={tmp_path / 'nope.csv'}"])
     with pytest.raises(EngineError, match="not found"):
         SimEngine.from_config(missing)
+
+
+@pytest.mark.looptime
+@pytest.mark.parametrize(
+    ("profile", "boxed"), [("aimo3", "\\boxed{79744}"), ("aimo2", "\\boxed{744}")]
+)
+async def test_answers_fall_in_the_profiles_range(profile: str, boxed: str) -> None:
+    """The embedded log's answers are AIMO-3's: under AIMO-2 they are reduced mod 1000
+    (before: all out of range, so a rehearsal of AIMO-2 on it answered only fallbacks)."""
+    config = load_config(profile, overrides=["engine.kind=sim", "engine.sim.speed=1000"])
+    engine = SimEngine.from_config(config)
+    engine.problems = {"p": LoggedProblem("p", 79744, (LoggedAttempt(79744, 100, True),))}
+    chunks, _ = await drain(engine)
+    assert chunks[-1].text == boxed

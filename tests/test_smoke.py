@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from submission.__main__ import main
+from submission.standin import build_qwen_tokenizer
 from tests.fakes import tensorrt_llm as fake_trt
-from tests.fakes.qwen_tiny import build_qwen_tokenizer, cached
+from tests.helpers import cached
 from tests.test_engine_trtllm import as_openmath, make_engine_dir, tora_generation
 
 pytest.importorskip("transformers")
@@ -101,14 +102,54 @@ def test_smoke_fails_the_rows_a_broken_engine_breaks(tmp_path, tokenizer_dir, mo
     assert rows["tokens/s (1/8/16 streams)"]["verdict"] == "pass"
 
 
-def test_smoke_reports_an_engine_that_cannot_start(tmp_path, capsys):
-    code = main(["smoke", "--engine-dir", str(tmp_path / "missing"), "--json"])
-    rows = json.loads(capsys.readouterr().out)
+def test_smoke_reports_an_engine_that_cannot_start(tmp_path, tokenizer_dir, monkeypatch, capsys):
+    engine_dir = make_engine_dir(tmp_path / "engine", tokenizer_dir, pretrained=REDRAFTER)
+    (engine_dir / "config.json").write_text("{not json")
+    fake_trt.install(monkeypatch, engine_dir, lambda prompt: "")
+    code = main(["smoke", "--engine-dir", str(engine_dir), "--json", *own_uids()])
+    (row,) = json.loads(capsys.readouterr().out)
     assert code == 1
-    assert rows == [
-        {
-            "check": "engine start",
-            "verdict": "fail",
-            "detail": f"EngineError: trtllm: engine folder {tmp_path / 'missing'} does not exist",
-        }
-    ]
+    assert (row["check"], row["verdict"]) == ("engine start", "fail")
+
+
+# --- without a GPU (issue 21 item 5) -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["smoke"],  # before: a traceback
+        ["smoke", "--engine-dir", "/no/such/engine"],
+        ["smoke", "--engine", "hf"],
+    ],
+)
+def test_no_engine_to_load_is_a_clear_message_with_what_to_do(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "python -m submission standin-model --out MODEL" in err
+    assert "smoke --engine hf --engine-dir MODEL" in err
+
+
+@pytest.mark.slow
+def test_the_standin_model_smokes_on_cpu_with_progress(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The documented path without a GPU: make the stand-in, smoke it, CPU-sized, each row
+    shown as it finishes (before: over 10 minutes on CPU, nothing printed until the end)."""
+    model = tmp_path / "model"
+    assert main(["standin-model", "--out", str(model)]) == 0
+    printed = capsys.readouterr()
+    assert f"smoke --engine hf --engine-dir {model}" in printed.out
+    argv = ["smoke", "--engine", "hf", "--engine-dir", str(model), "--json"]
+    code = main([*argv, "--set", "engine.hf.device=cpu", *own_uids()])
+    printed = capsys.readouterr()
+    rows = {row["check"]: row for row in json.loads(printed.out)}
+    assert "CPU-sized" in printed.err
+    assert printed.err.count("] ") >= len(rows)  # one progress line per row, as it came
+    assert "tokens/s (1/2/4 streams)" in rows
+    failed = {name for name, row in rows.items() if row["verdict"] == "fail"}
+    assert failed == {"stop at </tool_call>"}  # random weights write no code (docs/engines.md)
+    assert code == 1

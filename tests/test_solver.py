@@ -116,7 +116,12 @@ async def test_limits_end_attempts(sandbox: Sandbox) -> None:
         ("   \n\t", "empty"),
         (None, "not text"),
         ("x" * 1_000_000, "characters"),
-        ("What is the 12345th prime?", "no attempt answered"),  # no transcript: engine error
+        # No transcript: the engine's own reason (issue 21 item 7; before: "no attempt answered")
+        (
+            "What is the 12345th prime?",
+            "engine error: no recorded generation for this problem: "
+            "the replay engine knows only the embedded problems",
+        ),
     ],
 )
 async def test_bad_problems_get_the_fallback_and_a_reason(

@@ -6,14 +6,21 @@ folder). `--check` applies the Kaggle CLI's own rules (kaggle-api
 `kaggle_api_extended.py`, `kernels_push` and the `validate_*_string` helpers,
 as of v1.8 / Jan 2026) plus the competition's: GPU on, internet off written
 explicitly (the CLI defaults `enable_internet` to TRUE when the key is
-missing), an H100 machine shape for AIMO-3, the competition attached.
+missing), an H100 machine shape for AIMO-3, the competition attached; and
+that the file says what the config's identity (`[kaggle]`, KaggleConfig)
+says: the id `owner/kernel_slug`, the title, the wheel and engine datasets.
 
-`--write` fills the file from the config: code file, language, kernel type,
-GPU, internet, machine shape and competition from the profile, dataset
-sources from `/kaggle/input/<slug>` paths in the engine config; the id,
-title and other datasets are kept from the existing file or given by flags
-(an `--id` owner replaces the placeholder owner in every source). `--check`
-rejects the placeholder owner `your-kaggle-username` wherever it is left.
+One identity: `--write --id USER/SLUG [--title T]` writes the owner and the
+kernel's slug and title into the config file (default: the production
+`submission/kaggle.toml`, which the kernel, offline_wheels/download.py and
+the engine build's package stage read too), then fills the metadata from the
+config: code file, language, kernel type, GPU, internet, machine shape and
+competition from the profile, id and title from the identity, the wheel
+dataset and the engine's (`/kaggle/input/<slug>` paths of the configured
+engine) owned by it; other datasets are kept. Without `--title` the title is
+kept when it slugifies to the slug, else made from the slug. The written file
+is checked like `--check`; any broken rule exits 1 (bad input: 2).
+`--check` rejects the placeholder owner `your-kaggle-username` wherever it is left.
 
 `--stage DIR` writes the folder `kaggle kernels push -p DIR` takes: for
 `kernel_type = "notebook"` the code file becomes `kernel.ipynb`, one cell per
@@ -31,12 +38,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from submission.config import Config, add_config_arguments, config_from_args
+from submission.config import (
+    PLACEHOLDER_OWNER,
+    Config,
+    ConfigError,
+    add_config_arguments,
+    kaggle_slugify,
+    load_config,
+)
 
 log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = REPO_ROOT / "kaggle_metadata.json"
+# The production config: the kernel's engine paths, and the identity --write updates.
+PRODUCTION_CONFIG = Path(__file__).resolve().parents[1] / "kaggle.toml"
 CODE_FILE = "submission/kernel.py"
 KERNEL_METADATA_FILE = "kernel-metadata.json"  # the name `kaggle kernels push -p DIR` reads
 
@@ -61,8 +77,6 @@ MACHINE_SHAPES = (
 )
 TITLE_MIN, TITLE_MAX = 5, 50  # the CLI checks the minimum; Kaggle's site caps titles at 50
 KAGGLE_INPUT = "/kaggle/input/"
-# The one placeholder owner in the committed metadata and offline_wheels/download.py.
-PLACEHOLDER_OWNER = "your-kaggle-username"
 NOTEBOOK_FILE = "kernel.ipynb"
 # The notebook's cells after the code file's definitions: (markdown title, code).
 NOTEBOOK_STAGES = (
@@ -86,11 +100,6 @@ NOTEBOOK_STAGES = (
 )
 
 
-def slugify(title: str) -> str:
-    """What python-slugify (the CLI's slugify) makes of an ASCII title."""
-    return re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-
-
 def check_metadata(meta: dict[str, Any], base_dir: Path, config: Config) -> list[str]:
     """Every rule the metadata breaks (empty: it would push and run as a submission)."""
     errors: list[str] = []
@@ -109,9 +118,13 @@ def check_metadata(meta: dict[str, Any], base_dir: Path, config: Config) -> list
         errors.append("id (username/kernel-slug) or id_no is required")
     if slug:
         errors += _kernel_string_errors(slug, "id")
-        if isinstance(title, str) and "/" in slug and slug.split("/")[1].lower() != slugify(title):
+        if (
+            isinstance(title, str)
+            and "/" in slug
+            and slug.split("/")[1].lower() != kaggle_slugify(title)
+        ):
             errors.append(
-                f"title {title!r} slugifies to {slugify(title)!r}, not the id's slug "
+                f"title {title!r} slugifies to {kaggle_slugify(title)!r}, not the id's slug "
                 f"{slug.split('/')[1]!r} (the CLI warns; Kaggle may create a new kernel)"
             )
     if meta.get("language") not in LANGUAGES:
@@ -121,6 +134,7 @@ def check_metadata(meta: dict[str, Any], base_dir: Path, config: Config) -> list
     elif meta["kernel_type"] == "notebook" and code_file and (base_dir / code_file).is_file():
         errors += _notebook_errors(base_dir / code_file)
     errors += _placeholder_errors(meta)
+    errors += _identity_errors(meta, config)
     for key in ("is_private", "enable_gpu", "enable_tpu", "enable_internet"):
         if key in meta and _as_bool(meta[key]) is None:
             errors.append(f"{key} must be true/false (or 'true'/'false'), got {meta[key]!r}")
@@ -213,19 +227,45 @@ def _placeholder_errors(meta: dict[str, Any]) -> list[str]:
     ]
 
 
+def _identity_errors(meta: dict[str, Any], config: Config) -> list[str]:
+    """Where the metadata says otherwise than the config's identity ([kaggle])."""
+    kaggle = config.kaggle
+    wanted = {
+        "id": kaggle.dataset_id(kaggle.kernel_slug),
+        "title": kaggle.kernel_title,
+    }
+    errors = [
+        f"{key} {meta.get(key)!r} is not the config's {value!r} ([kaggle]): run --write"
+        for key, value in wanted.items()
+        if meta.get(key) is not None and meta.get(key) != value
+    ]
+    sources = meta.get("dataset_sources")
+    have = {"/".join(s.split("/")[:2]) for s in sources if isinstance(s, str)} if sources else set()
+    for dataset in own_datasets(config):
+        if isinstance(sources, list) and dataset not in have:
+            errors.append(f"dataset_sources lacks {dataset!r} (the config's; run --write)")
+    return errors
+
+
+def own_datasets(config: Config) -> list[str]:
+    """owner/slug of the datasets the kernel needs: the wheels, and the engine's folders."""
+    kaggle = config.kaggle
+    slugs = [kaggle.wheels_slug, *config_dataset_slugs(config)]
+    return [kaggle.dataset_id(slug) for slug in dict.fromkeys(slugs)]
+
+
 def metadata_from_config(
     config: Config,
     existing: dict[str, Any],
-    kernel_id: str | None = None,
-    title: str | None = None,
     datasets: tuple[str, ...] = (),
     models: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """The metadata for this config: fixed fields from the config, the rest kept or given."""
+    """The metadata for this config: id, title and our datasets from its identity, the
+    fixed fields from its profile; other keys and datasets kept from `existing`."""
     meta = dict(existing)
-    meta["id"] = kernel_id or meta.get("id")
-    owner = str(meta["id"]).split("/")[0] if meta.get("id") else None
-    meta["title"] = title or meta.get("title")
+    kaggle = config.kaggle
+    meta["id"] = kaggle.dataset_id(kaggle.kernel_slug)
+    meta["title"] = kaggle.kernel_title
     meta["code_file"] = CODE_FILE
     meta["language"] = "python"
     meta["kernel_type"] = (
@@ -236,19 +276,20 @@ def metadata_from_config(
     meta["enable_internet"] = False
     meta["machine_shape"] = config.profile.machine_shape
     meta["competition_sources"] = [Path(config.profile.competition_dir).name]
-    sources = list(meta.get("dataset_sources", [])) + list(datasets)
-    if owner is not None and owner != PLACEHOLDER_OWNER:
-        sources = [_owned_by(s, owner) for s in sources]
-        for key in ("kernel_sources", "model_sources"):
-            meta[key] = [_owned_by(s, owner) for s in meta.get(key, [])]
-    for slug in config_dataset_slugs(config):
-        if owner is None:
-            log.warning("dataset %r is in the config, but no id gives its owner", slug)
-        elif not any(s.split("/")[1:2] == [slug] for s in sources):
-            sources.append(f"{owner}/{slug}")
-    meta["dataset_sources"] = list(dict.fromkeys(sources))
-    meta.setdefault("kernel_sources", [])
-    meta["model_sources"] = list(dict.fromkeys([*meta.get("model_sources", []), *models]))
+    ours = own_datasets(config)
+    our_slugs = {d.split("/")[1] for d in ours}
+    kept = [
+        s
+        for s in list(meta.get("dataset_sources", [])) + list(datasets)
+        if isinstance(s, str)
+        and s.split("/")[0] != PLACEHOLDER_OWNER
+        and s.split("/")[1:2] != []
+        and s.split("/")[1] not in our_slugs
+    ]
+    meta["dataset_sources"] = list(dict.fromkeys([*ours, *kept]))
+    meta["kernel_sources"] = [_owned_by(s, kaggle.owner) for s in meta.get("kernel_sources", [])]
+    models = [*meta.get("model_sources", []), *models]
+    meta["model_sources"] = list(dict.fromkeys(_owned_by(s, kaggle.owner) for s in models))
     return meta
 
 
@@ -259,9 +300,12 @@ def _owned_by(source: str, owner: str) -> str:
 
 
 def config_dataset_slugs(config: Config) -> list[str]:
-    """Dataset slugs named by /kaggle/input/<slug>/... paths in the engine config."""
+    """Dataset slugs named by /kaggle/input/<slug>/... paths of the configured engine."""
     engine = config.engine
-    paths = [engine.trtllm.engine_dir, engine.trtllm.tokenizer_dir, engine.hf.model]
+    paths = {
+        "trtllm": [engine.trtllm.engine_dir, engine.trtllm.tokenizer_dir],
+        "hf": [engine.hf.model],
+    }.get(engine.kind, [])
     if engine.server.kind != "none" and kaggle_model_mount(config) is None:
         paths.append(engine.server.model)  # weights in a dataset, not an attached model
     slugs = [p[len(KAGGLE_INPUT) :].split("/")[0] for p in paths if p.startswith(KAGGLE_INPUT)]
@@ -362,8 +406,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", type=Path, default=DEFAULT_PATH, help="the metadata file")
     parser.add_argument("--check", action="store_true", help="validate (exit 1 on any error)")
     parser.add_argument("--write", action="store_true", help="fill the file from the config")
-    parser.add_argument("--id", dest="kernel_id", default=None, help="username/kernel-slug")
-    parser.add_argument("--title", default=None, help="kernel title (slugifies to the id's slug)")
+    parser.add_argument(
+        "--id", dest="kernel_id", default=None, help="USER/kernel-slug: written to [kaggle]"
+    )
+    parser.add_argument("--title", default=None, help="kernel title (slugifies to the slug)")
     parser.add_argument(
         "--dataset", action="append", default=[], help="add a dataset source (repeatable)"
     )
@@ -376,34 +422,83 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stage", type=Path, default=None, help="write a push folder here")
 
 
+def identity_settings(kernel_id: str | None, title: str | None, config: Config) -> dict[str, str]:
+    """The [kaggle] fields `--id USER/SLUG` and `--title T` set (the title made from the
+    slug when the current one does not slugify to it)."""
+    settings: dict[str, str] = {}
+    slug = config.kaggle.kernel_slug
+    if kernel_id is not None:
+        owner, _, slug = kernel_id.partition("/")
+        if not owner or not slug or "/" in slug:
+            raise ConfigError(f"--id {kernel_id!r} is not USER/kernel-slug")
+        settings |= {"owner": owner, "kernel_slug": slug}
+    if title is not None:
+        settings["kernel_title"] = title
+    elif kaggle_slugify(config.kaggle.kernel_title) != slug:
+        settings["kernel_title"] = slug.replace("-", " ").title()
+    return settings
+
+
+def write_identity(toml_path: Path, settings: dict[str, str]) -> None:
+    """Set these keys of the config file's [kaggle] table, keeping every other line."""
+    lines = toml_path.read_text(encoding="utf-8").splitlines() if toml_path.is_file() else []
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "[kaggle]")
+    except StopIteration:
+        lines += ["", "[kaggle]"]
+        start = len(lines) - 1
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")),
+        len(lines),
+    )
+    for key, value in settings.items():
+        line = f"{key} = {json.dumps(value)}"
+        at = next((i for i in range(start + 1, end) if re.match(rf"\s*{key}\s*=", lines[i])), None)
+        if at is None:
+            lines.insert(end, line)
+            end += 1
+        else:
+            lines[at] = line
+    toml_path.write_text("\n".join(lines).rstrip("\n") + "\n", encoding="utf-8")
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     console = Console()
-    config = config_from_args(args)
+    config_path = Path(args.config_file) if args.config_file else PRODUCTION_CONFIG
+    try:
+        config = load_config(args.profile or "aimo3", config_path, args.overrides)
+        if args.write and (args.kernel_id is not None or args.title is not None):
+            settings = identity_settings(args.kernel_id, args.title, config)
+            sets = [f"kaggle.{key}={json.dumps(value)}" for key, value in settings.items()]
+            load_config(config.profile.name, config_path, [*args.overrides, *sets])  # valid?
+            write_identity(config_path, settings)
+            console.print(f"wrote [kaggle] {settings} to {config_path}")
+            config = load_config(config.profile.name, config_path, args.overrides)
+    except ConfigError as exc:
+        console.print(f"[red]error[/red]: {exc}")
+        return 2
     path: Path = args.path
     try:
         existing = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
     except json.JSONDecodeError as exc:
-        console.print(f"[red]{path} is not valid JSON: {exc}[/red]")
+        console.print(f"[red]error[/red]: {path} is not valid JSON: {exc}")
         return 1
     meta = existing
     if args.write:
-        meta = metadata_from_config(
-            config, existing, args.kernel_id, args.title, tuple(args.dataset), tuple(args.model)
-        )
+        meta = metadata_from_config(config, existing, tuple(args.dataset), tuple(args.model))
         path.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         console.print(f"wrote {path}")
     if not meta:
-        console.print(
-            f"[red]{path} is missing; write it with --write --id USER/SLUG --title T[/red]"
-        )
+        console.print(f"[red]error[/red]: {path} is missing; write it with --write --id USER/SLUG")
         return 1
     errors = check_metadata(meta, path.parent, config)
     for error in errors:
         console.print(f"[red]error[/red]: {error}")
-    if args.stage is not None and not errors:
+    if errors:
+        return 1
+    if args.stage is not None:
         console.print(f"staged {stage(meta, path.parent, args.stage)}")
-    if not errors:
-        console.print(f"{path}: ok for profile {config.profile.name}")
-    return 1 if errors and (args.check or args.stage) else 0
+    console.print(f"{path}: ok for profile {config.profile.name}")
+    return 0

@@ -6,6 +6,12 @@ Series per call, shuffled order, `submission.parquet` written as the gateway
 writes it). With `--data-dir` holding the competition's `kaggle_evaluation`,
 the real local gateway is used instead. Outputs go to `--out`: the submission,
 the attempt log, the problem table, the generations and a report.
+
+Exit codes (local_run.py): 0 every problem was served and at least one was
+answered by the engine; 1 the run failed, or every answer is a fallback (with
+each reason); 2 bad input (config, problem file, `--limit`, an `--out` another
+run is writing to); 3 the engine failed to load, as the kernel's interactive
+run; 130 Ctrl-C, after writing what finished (and saying where).
 """
 
 from __future__ import annotations
@@ -20,8 +26,14 @@ import polars as pl
 from submission.answer import normalize_integer
 from submission.config import PACKAGE_DATA, Config, ConfigError, add_config_arguments, load_config
 from submission.local_run import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NOT_READY,
     LocalRun,
+    OutDirBusy,
     ProblemFileError,
+    claim_out_dir,
     read_problems,
     run_locally,
     usable_out_dir,
@@ -47,11 +59,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="competition data folder; its kaggle_evaluation (if any) serves the problems",
     )
-    parser.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    parser.add_argument(
+        "--limit", type=_positive, default=None, help="only the first N problems (N >= 1)"
+    )
     parser.add_argument(
         "--out", type=Path, default=None, help="output folder (default: output.out_dir)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the gateway's shuffle")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def replay_config(args: argparse.Namespace) -> Config:
@@ -85,8 +109,20 @@ def run(args: argparse.Namespace) -> int:
         problems = read_problems(args.problems, args.limit)
     except (ConfigError, ProblemFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     out_dir = usable_out_dir(args.out or Path(config.output.out_dir))
+    try:
+        with claim_out_dir(out_dir):
+            return _replay(args, config, problems, out_dir)
+    except OutDirBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # before the first problem: nothing to keep
+        print("interrupted before any problem was served", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _replay(args: argparse.Namespace, config: Config, problems: pl.DataFrame, out_dir: Path) -> int:
     from submission import kaggle
     from submission.harness import Harness
 
@@ -97,6 +133,15 @@ def run(args: argparse.Namespace) -> int:
     )
     with _progress(problems.height, enabled=config.output.progress) as advance:
         harness = Harness.start(config, problems_total=problems.height, on_problem=advance)
+        try:
+            harness.wait_ready()  # as the kernel's interactive run: no gateway clock yet
+        except KeyboardInterrupt:
+            harness.close()
+            raise
+        except Exception as exc:
+            harness.close()
+            print(f"error: the {config.engine.kind} engine failed to load: {exc}", file=sys.stderr)
+            return EXIT_NOT_READY
         evaluation = (
             kaggle.find_kaggle_evaluation(args.data_dir, config.profile) if args.data_dir else None
         )
@@ -110,8 +155,22 @@ def run(args: argparse.Namespace) -> int:
             expected=expected,
             extra_lines=lambda h: recorded_accuracy_lines(h.core.engine, problems),
         )
-    _print_summary(harness, outcome)
-    return 0 if outcome.ok else 1
+    if outcome.interrupted:
+        done = len(harness.core.history)
+        print(
+            f"interrupted after {done}/{problems.height} problems; what finished:", file=sys.stderr
+        )
+        for name, path in outcome.written.items():
+            print(f"  {name}: {path}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    everything_fell_back = _print_summary(harness, outcome)
+    if everything_fell_back:
+        print(
+            "error: every answer is a fallback (the reasons are above): nothing was solved",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return 0 if outcome.ok else EXIT_FAILED
 
 
 def _write_test_csv(problems: pl.DataFrame, out_dir: Path) -> Path:
@@ -156,7 +215,8 @@ class _progress:
             logging.getLogger().handlers = self._saved_handlers
 
 
-def _print_summary(harness: object, outcome: LocalRun) -> None:
+def _print_summary(harness: object, outcome: LocalRun) -> bool:
+    """The run's table; True when every problem was answered with the fallback."""
     from rich.console import Console
     from rich.table import Table
 
@@ -182,3 +242,4 @@ def _print_summary(harness: object, outcome: LocalRun) -> None:
     for name, path in outcome.written.items():
         table.add_row(name, str(path))
     Console().print(table)
+    return s["problems"] > 0 and s["fallbacks"] >= s["problems"]

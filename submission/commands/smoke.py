@@ -15,6 +15,13 @@ n/a (not reported by this engine), with its reason. Exit code 1 on any fail.
 
 `--engine-dir DIR` means `engine.trtllm.engine_dir` (or `engine.hf.model`
 with `--engine hf`, the stand-in); any other setting goes through `--set`.
+Without an engine to load (no folder, or TensorRT-LLM not installed) it says
+so and how to get one, before starting anything: on a machine without a GPU,
+`python -m submission standin-model --out DIR`, then `--engine hf
+--engine-dir DIR`. The hf engine on CPU gets CPU-sized defaults (`CPU_SIZED`:
+32 tokens per stream at 1/2/4 streams, one 256-token attempt), a GPU the full
+ones (`GPU_SIZED`); `--max-tokens`, `--attempt-tokens`, `--problems` override
+either. Each row is printed (stderr) as it finishes.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import argparse
 import asyncio
 import csv
 import dataclasses
+import importlib.util
 import json
 import statistics
 import sys
@@ -43,7 +51,6 @@ from submission.sandbox import Sandbox
 from submission.tir import TirLoop
 
 Verdict = Literal["pass", "fail", "n/a"]
-STREAM_COUNTS = (1, 8, 16)
 ROW_TIMEOUT_S = 600.0  # one row's limit: a hung engine fails its row, not the whole command
 CANCEL_REPEATS = 3
 CANCEL_LIMIT_S = 1.0  # a cancelled stream must end within this
@@ -56,22 +63,72 @@ class Row:
     detail: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class SmokeSettings:
     max_tokens: int = 256  # per stream in the throughput rows
     attempt_tokens: int = 4096  # per TIR attempt
     problems: int = 3  # AIMO-3 reference problems run through the TIR loop
+    streams: tuple[int, ...] = (1, 8, 16)  # concurrent streams of the throughput rows
+
+
+GPU_SIZED = SmokeSettings()
+# The tiny stand-in on 2 CPU cores: each row in seconds, the whole smoke in about a minute
+# (the GPU sizes took over 10 minutes there, silently).
+CPU_SIZED = SmokeSettings(max_tokens=32, attempt_tokens=256, problems=1, streams=(1, 2, 4))
+HOW_TO_GET_AN_ENGINE = (
+    "without a GPU, smoke the hf stand-in: python -m submission standin-model --out MODEL, "
+    "then python -m submission smoke --engine hf --engine-dir MODEL (docs/engines.md)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--engine", default="trtllm", help="engine kind (hf = stand-in)")
     parser.add_argument("--engine-dir", default="", help="engine folder (hf: the model folder)")
-    parser.add_argument("--max-tokens", type=int, default=SmokeSettings.max_tokens)
-    parser.add_argument("--attempt-tokens", type=int, default=SmokeSettings.attempt_tokens)
-    parser.add_argument("--problems", type=int, default=SmokeSettings.problems)
+    parser.add_argument("--max-tokens", type=int, default=None, help="default: CPU/GPU-sized")
+    parser.add_argument("--attempt-tokens", type=int, default=None, help="default: CPU/GPU")
+    parser.add_argument("--problems", type=int, default=None, help="default: CPU/GPU-sized")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
     parser.add_argument("--out", default="", help="also write the rows as JSON to this file")
+
+
+def missing_engine(config: Config) -> str | None:
+    """Why there is no engine to smoke here (and what to do), or None."""
+    engine = config.engine
+    if engine.kind == "trtllm":
+        if "tensorrt_llm" not in sys.modules and importlib.util.find_spec("tensorrt_llm") is None:
+            return f"TensorRT-LLM is not installed in this Python; {HOW_TO_GET_AN_ENGINE}"
+        if not Path(engine.trtllm.engine_dir).is_dir():
+            return (
+                f"no engine folder at {engine.trtllm.engine_dir}: give --engine-dir DIR "
+                f"(the built engine, docs/build.md); {HOW_TO_GET_AN_ENGINE}"
+            )
+    if engine.kind == "hf" and not engine.hf.model:
+        return f"the hf engine needs a model folder (--engine-dir DIR); {HOW_TO_GET_AN_ENGINE}"
+    return None
+
+
+def on_cpu(config: Config) -> bool:
+    """Whether the engine runs on this machine's CPU (the hf engine without CUDA)."""
+    if config.engine.kind != "hf":
+        return False
+    device = config.engine.hf.device
+    if device != "auto":
+        return device == "cpu"
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def sized(config: Config, args: argparse.Namespace) -> SmokeSettings:
+    """CPU- or GPU-sized defaults, with what the flags give instead."""
+    base = CPU_SIZED if on_cpu(config) else GPU_SIZED
+    given = {
+        "max_tokens": args.max_tokens,
+        "attempt_tokens": args.attempt_tokens,
+        "problems": args.problems,
+    }
+    return replace(base, **{k: v for k, v in given.items() if v is not None})
 
 
 def config_for(args: argparse.Namespace) -> Config:
@@ -88,8 +145,24 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    settings = SmokeSettings(args.max_tokens, args.attempt_tokens, args.problems)
-    rows = asyncio.run(run_smoke(config, settings))
+    if (problem := missing_engine(config)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    settings = sized(config, args)
+    where = "CPU" if on_cpu(config) else "GPU"
+    print(
+        f"smoke: {config.engine.kind} engine, {where}-sized: {settings.max_tokens} tokens per "
+        f"stream at {'/'.join(map(str, settings.streams))} streams, {settings.problems} "
+        f"problem(s) x {settings.attempt_tokens} tokens",
+        file=sys.stderr,
+    )
+    began = time.perf_counter()
+
+    def show(row: Row) -> None:
+        seconds = time.perf_counter() - began
+        print(f"[{seconds:6.1f} s] {row.check}: {row.verdict} ({row.detail})", file=sys.stderr)
+
+    rows = asyncio.run(run_smoke(config, settings, on_row=show))
     as_json = json.dumps([dataclasses.asdict(r) for r in rows], indent=2)
     if args.out:
         Path(args.out).write_text(as_json + "\n", encoding="utf-8")
@@ -113,21 +186,32 @@ def print_table(rows: list[Row], engine_kind: str) -> None:
     Console(width=160).print(table)
 
 
-async def run_smoke(config: Config, settings: SmokeSettings | None = None) -> list[Row]:
-    """Every row, in order; a row that raises or hangs fails with the reason."""
-    settings = settings or SmokeSettings()
+async def run_smoke(
+    config: Config,
+    settings: SmokeSettings = GPU_SIZED,
+    on_row: Callable[[Row], None] = lambda row: None,
+) -> list[Row]:
+    """Every row, in order, each handed to `on_row` once known; a row that raises or hangs
+    fails with the reason."""
+    rows: list[Row] = []
+
+    def add(new: list[Row]) -> None:
+        rows.extend(new)
+        for row in new:
+            on_row(row)
+
     family = create_family(config)
     sandbox = Sandbox.from_config(config, family.session_prelude)  # before the engine's CUDA
-    engine = create_engine(config)
-    rows: list[Row] = []
     started = time.perf_counter()
     try:
+        engine = create_engine(config)
         await engine.start()
     except Exception as exc:
         sandbox.close()
-        return [Row("engine start", "fail", f"{type(exc).__name__}: {exc}")]
+        add([Row("engine start", "fail", f"{type(exc).__name__}: {exc}")])
+        return rows
     load_s = time.perf_counter() - started
-    rows.append(Row("engine start", "pass", f"{engine.name} in {load_s:.1f} s"))
+    add([Row("engine start", "pass", f"{engine.name} in {load_s:.1f} s")])
     smoke = Smoke(engine, sandbox, family, config, settings)
     checks: list[tuple[str, Callable[[], Awaitable[list[Row]]]]] = [
         ("tokens/s", smoke.throughput),
@@ -142,9 +226,9 @@ async def run_smoke(config: Config, settings: SmokeSettings | None = None) -> li
     try:
         for name, check in checks:
             try:
-                rows += await asyncio.wait_for(check(), ROW_TIMEOUT_S)
+                add(await asyncio.wait_for(check(), ROW_TIMEOUT_S))
             except Exception as exc:  # a broken check is a failed row, and the rest still run
-                rows.append(Row(name, "fail", f"{type(exc).__name__}: {exc}"))
+                add([Row(name, "fail", f"{type(exc).__name__}: {exc}")])
     finally:
         await engine.close()
         sandbox.close()
@@ -189,7 +273,7 @@ class Smoke:
         before = (counters.tokens, counters.steps) if counters is not None else None
         await self.drain(self.prompt, replace(self.params, max_tokens=16))  # warm-up
         measured = []
-        for streams in STREAM_COUNTS:
+        for streams in self.settings.streams:
             params = [replace(self.params, seed=i) for i in range(streams)]
             started = time.perf_counter()
             done = await asyncio.gather(*(self.drain(self.prompt, p) for p in params))
@@ -202,7 +286,7 @@ class Smoke:
         problems = [e for _, _, errors in measured for e in errors]
         rows = [
             Row(
-                "tokens/s (1/8/16 streams)",
+                f"tokens/s ({'/'.join(map(str, self.settings.streams))} streams)",
                 "pass" if ok else "fail",
                 f"{detail} tokens/s, {self.settings.max_tokens} tokens per stream"
                 + (f"; errors: {problems[:2]}" if problems else ""),
@@ -340,13 +424,15 @@ class Smoke:
         ]
 
     async def cancel_latency(self) -> list[Row]:
-        """Close one of 8 running streams after its first chunk: time until it has ended."""
+        """Close one of N running streams (the second most of the throughput rows, 8 on a GPU)
+        after its first chunk: time until it has ended."""
         long = replace(self.params, max_tokens=self.config.generation.max_tokens)
+        running = sorted(self.settings.streams)[-2] if len(self.settings.streams) > 1 else 1
         seconds = []
         for _ in range(CANCEL_REPEATS):
             others = [
                 asyncio.create_task(self.drain(self.prompt, replace(self.params, seed=i)))
-                for i in range(7)
+                for i in range(running - 1)
             ]
             victim = self.engine.stream(self.prompt, long)
             await anext(victim)
@@ -360,7 +446,7 @@ class Smoke:
                 "cancel latency",
                 "pass" if median < CANCEL_LIMIT_S else "fail",
                 f"median {median * 1e3:.2f} ms, max {max(seconds) * 1e3:.2f} ms "
-                f"(8 streams, {CANCEL_REPEATS} repeats)",
+                f"({running} streams, {CANCEL_REPEATS} repeats)",
             )
         ]
 

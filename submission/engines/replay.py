@@ -122,8 +122,10 @@ class ReplayEngine:
         tags: CodeTags,
         tokens_per_s: float = 0.0,
         chunk_tokens: int = 16,
+        known: str = "the embedded problems",
     ) -> None:
         self.recordings = recordings
+        self.known = known  # what a prompt without a recording is told the engine knows
         self.template = template
         self.tags = tags
         self.tokens_per_s = tokens_per_s
@@ -139,12 +141,18 @@ class ReplayEngine:
             )
         tags = family.tags
         paths = [Path(p) for p in config.engine.replay.transcripts] or list(EMBEDDED_TRANSCRIPTS)
+        known = (
+            f"the problems of {', '.join(config.engine.replay.transcripts)}"
+            if config.engine.replay.transcripts
+            else "the embedded problems (submission/data/gsm8k_first250.csv)"
+        )
         return cls(
             load_recordings(paths, tags),
             family.template,
             tags,
             tokens_per_s=config.engine.replay.tokens_per_s,
             chunk_tokens=config.engine.replay.chunk_tokens,
+            known=known,
         )
 
     async def start(self) -> None:
@@ -163,9 +171,9 @@ class ReplayEngine:
         problem = self.template.problem_of(prompt)
         choices = self.recordings_for(problem) if problem is not None else []
         if not choices:
-            yield Chunk(
-                "", 0, finish_reason="error", error="no recorded generation for this problem"
-            )
+            why = "no recorded generation for this problem: the replay engine knows only "
+            why += self.known
+            yield Chunk("", 0, finish_reason="error", error=why)
             return
         recording = choices[(params.seed or 0) % len(choices)]
         round_index = self.template.generation_of(prompt).count(self.tags.stop)

@@ -6,8 +6,11 @@ per stream with n streams open, its code calls spaced evenly over those tokens
 (each keeps the stream off the engine for `code_call_s`, freeing its share of
 the rate), then ends with `\\boxed{ANSWER}` and finish reason "stop". Attempts
 cut off in the recording (is_none=1) never finish: they run until cancelled or
-`max_tokens`. Time is the running event loop's, so under `looptime` a 5-hour
-schedule takes seconds of real time. Closing a stream aborts it and frees its
+`max_tokens`. Answers are reduced modulo the profile's `answer_max + 1`, so the
+sim plays the competition it runs in (the embedded log's answers are AIMO-3's,
+6,258-95,368: under AIMO-2's 0-999 every one would be out of range). Time is
+the running event loop's, so under `looptime` a 5-hour schedule takes seconds
+of real time. Closing a stream aborts it and frees its
 share of the rate at once. The default log is the embedded synthetic one.
 
 Which logged problem a prompt plays: the one whose marker
@@ -55,6 +58,7 @@ class SimEngine:
         start_delay_s: float = 0.0,
         error_rate: float = 0.0,
         code_call_s: float = 0.0,
+        answer_modulo: int | None = None,
     ) -> None:
         if not problems:
             raise EngineError("sim engine: the attempt log has no problems")
@@ -67,6 +71,7 @@ class SimEngine:
         self.start_delay_s = start_delay_s
         self.error_rate = error_rate
         self.code_call_s = code_call_s
+        self.answer_modulo = answer_modulo
         self.active = 0  # streams open now: they share the engine's rate
         self.tokens_decoded = 0  # all streams, for tests that check cancelled ones stop costing
         self._started = False
@@ -88,6 +93,7 @@ class SimEngine:
             chunk_s=sim.chunk_s,
             start_delay_s=sim.start_delay_s,
             error_rate=sim.error_rate,
+            answer_modulo=config.profile.answer_max + 1,
         )
 
     @staticmethod
@@ -179,7 +185,10 @@ class SimEngine:
                     return
                 elif end == goal:
                     # Ended by EOS, not a stop string (so never mistaken for a code stop).
-                    yield Chunk(f"\\boxed{{{attempt.answer}}}", new, finish_reason="stop")
+                    answer = attempt.answer
+                    if answer is not None and self.answer_modulo is not None:
+                        answer %= self.answer_modulo
+                    yield Chunk(f"\\boxed{{{answer}}}", new, finish_reason="stop")
                     return
                 else:
                     yield Chunk(text="", tokens=new, finish_reason="length")

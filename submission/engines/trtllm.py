@@ -95,6 +95,12 @@ class TrtllmEngine:
                 else "Running ONE attempt per problem.",
             )
             self.greedy = not self.config.allow_greedy_drafter
+        if self.config.enable_block_reuse and facts.paged_context_fmha is False:
+            log.warning(
+                "trtllm: KV block reuse is on but the engine was built without "
+                "--use_paged_context_fmha enable (%s): no prefix is reused; rebuild with it",
+                facts.source,
+            )
         self.facts = facts
         self.tokenizer = await asyncio.to_thread(_load_tokenizer, self.tokenizer_dir)
         self._backend = await asyncio.to_thread(self._load_backend, tensorrt_llm)
@@ -103,7 +109,16 @@ class TrtllmEngine:
         api = self.config.api
         version = str(tensorrt_llm.__version__)
         can_abort = release(version) >= LLM_API_ABORT_SINCE
-        wants_llm = api == "llm" or (api == "auto" and can_abort)
+        ranks = self.facts.tp_size if self.facts is not None else 1
+        if ranks > 1:
+            # ModelRunnerCpp runs one rank per process (mpirun -n N); the LLM API spawns them.
+            if api == "runner":
+                raise EngineError(
+                    f"trtllm: this engine is split over {ranks} GPUs (tp_size {ranks}); "
+                    "ModelRunnerCpp would need mpirun: use engine.trtllm.api = 'auto' or 'llm'"
+                )
+            log.info("trtllm: engine split over %d GPUs (tensor parallel, MPI workers)", ranks)
+        wants_llm = api == "llm" or (api == "auto" and (can_abort or ranks > 1))
         llm_class = _llm_class(tensorrt_llm) if wants_llm else None
         if llm_class is not None and not can_abort:
             log.warning(
@@ -115,8 +130,8 @@ class TrtllmEngine:
         if llm_class is not None:
             log.info("trtllm: loading %s through %s", self.engine_dir, llm_class.__module__)
             return LlmApiBackend(tensorrt_llm, llm_class, self)
-        if api == "llm":
-            raise EngineError("trtllm: engine.trtllm.api = 'llm' but no LLM API is importable")
+        if api == "llm" or ranks > 1:
+            raise EngineError("trtllm: the LLM API is needed here, and none is importable")
         log.info("trtllm: loading %s through ModelRunnerCpp", self.engine_dir)
         return RunnerBackend(self)
 
@@ -134,6 +149,7 @@ class TrtllmEngine:
             kv_cache_free_gpu_memory_fraction=self.config.kv_cache_free_gpu_memory_fraction,
             enable_block_reuse=self.config.enable_block_reuse,
             single_process=self.config.single_process,
+            tensor_parallel_size=self.facts.tp_size if self.facts is not None else 1,
         )
 
     def stream(self, prompt: Prompt, params: SamplingParams) -> AsyncIterator[Chunk]:

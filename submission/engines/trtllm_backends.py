@@ -60,6 +60,8 @@ class RuntimeSettings:
     kv_cache_free_gpu_memory_fraction: float
     enable_block_reuse: bool
     single_process: bool
+    # The engine's GPUs (its --tp_size): above 1 the LLM API runs one MPI rank per GPU.
+    tensor_parallel_size: int = 1
 
 
 @dataclass
@@ -159,14 +161,15 @@ class SamplingNotes:
 
 
 def use_single_process(enabled: bool) -> None:
-    """Keep the LLM API's executor in this process, or check that its MPI worker can start."""
+    """Keep the LLM API's executor in this process, or check that its MPI workers can start."""
     if enabled:
         os.environ[SINGLE_PROCESS_ENV] = "1"
         return
     if importlib.util.find_spec("mpi4py") is None:
         raise EngineError(
-            "trtllm: engine.trtllm.single_process = false starts the engine in an MPI worker "
-            "process, which needs mpi4py (and an MPI library); neither is installed"
+            "trtllm: the engine runs in MPI worker processes (a tensor-parallel engine, or "
+            "engine.trtllm.single_process = false), which need mpi4py (and an MPI library); "
+            "neither is installed"
         )
 
 
@@ -183,10 +186,13 @@ class LlmApiBackend:
             free_gpu_memory_fraction=settings.kv_cache_free_gpu_memory_fraction,
             enable_block_reuse=settings.enable_block_reuse,
         )
-        use_single_process(settings.single_process)
+        # A tp > 1 engine always runs in MPI workers, one per GPU (llmapi/utils.py keeps only
+        # a tp 1 executor in this process): mpi4py must be there.
+        use_single_process(settings.single_process and settings.tensor_parallel_size == 1)
         self.llm = llm_class(
             model=str(engine.engine_dir),
             tokenizer=str(engine.tokenizer_dir),
+            tensor_parallel_size=settings.tensor_parallel_size,
             kv_cache_config=kv_cache,
             max_batch_size=settings.max_batch_size,
         )

@@ -44,6 +44,16 @@ class EngineFacts:
     source: str  # the file the facts came from
     speculative_decoding_mode: str = "none"  # "explicit_draft_tokens" for ReDrafter
     max_draft_len: int = 0
+    # ReDrafter's tokens per beam: a step accepts at most this + 1 tokens (one beam's drafts
+    # and the base model's own next token; redrafter_helper.py), whatever the beam count.
+    draft_len_per_beam: int = 0
+    # GPUs the engine is split over (--tp_size at conversion; config.json's mapping): the
+    # LLM API runs one MPI rank per GPU for tp > 1.
+    tp_size: int = 1
+    # Built with --use_paged_context_fmha enable, which KV block reuse needs
+    # (docs/source/kv_cache_reuse.md); None = the folder does not say.
+    paged_context_fmha: bool | None = None
+    dtype: str = ""  # the activations' (pretrained_config.dtype), e.g. "bfloat16"
 
     @property
     def has_drafter(self) -> bool:
@@ -88,8 +98,16 @@ def inspect_engine_dir(engine_dir: Path, tokenizer_dir: Path, verify_hashes: boo
         greedy_drafter=manifest.greedy_drafter,
         source=str(engine_dir / "manifest.json"),
         speculative_decoding_mode=manifest.speculative_decoding_mode,
-        # Manifests written before max_draft_len was recorded: config.json still says it.
+        # Manifests written before these were recorded: config.json still says them.
         max_draft_len=manifest.max_draft_len or from_config.max_draft_len,
+        draft_len_per_beam=manifest.draft_len_per_beam or from_config.draft_len_per_beam,
+        tp_size=manifest.tp_size or from_config.tp_size,
+        paged_context_fmha=(
+            manifest.paged_context_fmha == "enable"
+            if manifest.paged_context_fmha
+            else from_config.paged_context_fmha
+        ),
+        dtype=manifest.dtype or from_config.dtype,
     )
 
 
@@ -114,7 +132,23 @@ def facts_from_config(engine_config: dict[str, Any], source: str) -> EngineFacts
         source=source,
         speculative_decoding_mode="explicit_draft_tokens" if is_redrafter else "none",
         max_draft_len=int(build.get("max_draft_len", 0) or 0),
+        draft_len_per_beam=int(pretrained.get("redrafter_draft_len_per_beam", 0) or 0),
+        tp_size=tp_size_of(pretrained),
+        paged_context_fmha=paged_context_fmha_of(build),
+        dtype=str(pretrained.get("dtype", "")),
     )
+
+
+def tp_size_of(pretrained: dict[str, Any]) -> int:
+    """config.json's pretrained_config.mapping.tp_size (1 when absent)."""
+    mapping = pretrained.get("mapping") or {}
+    return int(mapping.get("tp_size") or 1)
+
+
+def paged_context_fmha_of(build: dict[str, Any]) -> bool | None:
+    """build_config.plugin_config.use_paged_context_fmha, or None when not recorded."""
+    value = (build.get("plugin_config") or {}).get("use_paged_context_fmha")
+    return None if value is None else bool(value)
 
 
 def check_fit(facts: EngineFacts, installed_version: str, max_tokens: int, allowance: int) -> None:

@@ -17,9 +17,13 @@ from dataclasses import dataclass
 
 from submission.engines.base import SamplingParams
 
-# A sampling drafter has no greedy mode: a greedy request goes at this temperature,
-# which scales logit gaps by 1000 (a gap of 0.01 becomes 10), i.e. the argmax all but surely.
-NEAR_GREEDY_TEMPERATURE = 1e-3
+# A sampling drafter has no greedy mode: a greedy request goes at this temperature, and a
+# lower one is raised to it. ReDrafter multiplies the logits by 1/T in the engine's dtype
+# (explicitDraftTokensKernels.cu stores __frcp_rn(temperature) as T; redrafter_helper.py
+# `_process_logits_and_hidden_states`: logits * inverted_temperature): in float16 (max
+# 65504) 1/0.001 overflows any |logit| above 65.5 to inf, and softmax to NaN. At 0.01 the
+# logits may reach 655, and a gap of 0.1 still favours the argmax e^10 (22,000) to 1.
+NEAR_GREEDY_TEMPERATURE = 1e-2
 
 
 @dataclass(frozen=True)
@@ -76,13 +80,16 @@ def engine_sampling(
         )
         if not inert
     ]
+    temperature = max(params.temperature, NEAR_GREEDY_TEMPERATURE)
     if greedy_drafter:
         if not greedy:
             ignored.insert(0, f"temperature={params.temperature:g}")
         if params.seed is not None:
             ignored.append(f"seed={params.seed}")
+    elif 0.0 < params.temperature < NEAR_GREEDY_TEMPERATURE:
+        ignored.insert(0, f"temperature={params.temperature:g} (raised to {temperature:g})")
     return EngineSampling(
-        temperature=NEAR_GREEDY_TEMPERATURE if greedy else params.temperature,
+        temperature=temperature,
         top_k=None,
         top_p=None,
         min_p=None,

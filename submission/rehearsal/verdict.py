@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from submission.config import Config, ProfileConfig
+from submission.config import ProfileConfig
 from submission.rehearsal.tree import Tree
 
 SERVE_LIMIT_S = 15 * 60.0  # a rerun's server must listen within 15 minutes
@@ -22,6 +22,7 @@ class Verdict:
     """One rehearsed run, as the table shows it."""
 
     mode: str
+    profile: str = ""
     passed: bool = False
     install_s: float | None = None
     serve_s: float | None = None
@@ -31,7 +32,9 @@ class Verdict:
     fallbacks: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
     faults: list[str] = field(default_factory=list)
-    log: str = ""
+    log: str = ""  # the kernel's
+    gateway_log: str = ""  # a rerun's
+    exits: dict[str, int | None] = field(default_factory=dict)  # processes that ended themselves
 
 
 def read_log(verdict: Verdict, log_file: Path, launched: float, serving: tuple[str, ...]) -> None:
@@ -67,7 +70,7 @@ def check_output(verdict: Verdict, submission: Path, tree: Tree, profile: Profil
     verdict.passed = not verdict.faults and verdict.rows == verdict.expected_rows
 
 
-def print_verdicts(verdicts: list[Verdict], config: Config, as_json: bool) -> None:
+def print_verdicts(verdicts: list[Verdict], engine_kind: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps([asdict(v) for v in verdicts], indent=2))
         return
@@ -77,20 +80,13 @@ def print_verdicts(verdicts: list[Verdict], config: Config, as_json: bool) -> No
     def secs(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f} s"
 
-    table = Table(title=f"rehearsal: {config.profile.name}, engine {config.engine.kind}")
-    for column in (
-        "run",
-        "verdict",
-        "install",
-        "to serve()",
-        "to 1st answer",
-        "rows",
-        "fallbacks",
-        "wall",
-    ):
+    table = Table(title=f"rehearsal, engine {engine_kind}")
+    columns = ("profile", "run", "verdict", "install", "to serve()", "to 1st answer", "rows")
+    for column in (*columns, "fallbacks", "wall"):
         table.add_column(column)
     for v in verdicts:
         table.add_row(
+            v.profile,
             v.mode,
             "PASS" if v.passed else "FAIL",
             secs(v.install_s),
@@ -103,13 +99,16 @@ def print_verdicts(verdicts: list[Verdict], config: Config, as_json: bool) -> No
     console = Console(width=120)
     console.print(table)
     for v in verdicts:
+        name = f"{v.profile} {v.mode}"
         for problem_id, why in sorted(v.fallbacks.items()):
-            console.print(f"{v.mode}: fallback {problem_id}: {why}")
+            console.print(f"{name}: fallback {problem_id}: {why}")
         for fault in v.faults:
-            console.print(f"[red]{v.mode}[/red]: {fault}")
+            console.print(f"[red]{name}[/red]: {fault}")
         if not v.passed and Path(v.log).is_file():
-            print(f"{v.mode} log (last lines):\n" + _tail(Path(v.log), 30))
-        console.print(f"{v.mode} log: {v.log}")
+            print(f"{name} log (last lines):\n" + _tail(Path(v.log), 30))
+        console.print(
+            f"{name} log: {v.log}" + (f", gateway: {v.gateway_log}" * bool(v.gateway_log))
+        )
 
 
 def _tail(path: Path, lines: int) -> str:

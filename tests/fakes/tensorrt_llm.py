@@ -58,9 +58,28 @@ v0.21.0 b4b1185a); tensorrt_llm/version.py reads 0.16.0 at 42a7b092, 0.17.0 at
   cpp/tensorrt_llm/layers/explicitDraftTokensLayer.cpp `setup` takes only the
   random seed and the temperature, defaulting it (1.0) when the request has none;
   a greedy drafter (`redrafter_greedy_search`) decodes greedily whatever is sent.
-  Up to max_draft_len + 1 tokens are accepted per step, so a stop word can end
-  mid-step with accepted tokens after it; executor/result.py then finishes
-  "stop" but sets `stop_reason` only when the stop word's tokens end the output.
+  Up to draft_len_per_beam + 1 tokens are accepted per step (one beam's drafts,
+  then the base model's own token: tensorrt_llm/models/redrafter/redrafter_helper.py
+  at 20709ce9, `_validate_draft_tokens` counts accepted tokens within one beam of
+  beam_length = draft_len_per_beam + 1; max_draft_len is num_beams times that, so
+  the two bounds agree only with one beam), so a stop word can end mid-step with
+  accepted tokens after it; executor/result.py then finishes "stop" but sets
+  `stop_reason` only when the stop word's tokens end the output. The temperature
+  is applied as its inverse times the logits in the engine's dtype
+  (cpp/tensorrt_llm/kernels/speculativeDecoding/explicitDraftTokensKernels.cu at
+  05316d33: `__frcp_rn(temperature)` stored as T; redrafter_helper.py
+  `_process_logits_and_hidden_states`: `logits * inverted_temperature`): in a
+  float16 engine a logit beyond 65504 x T overflows to inf and sampling breaks;
+  the fake's logits reach `MAX_LOGIT`, so such a request fails.
+- KV block reuse needs an engine built with `--use_paged_context_fmha enable`
+  (docs/source/kv_cache_reuse.md): without it the fake reuses no block.
+- Tensor parallelism: tensorrt_llm/llmapi/llm_args.py `_load_config_from_engine`
+  (stored revision fcd3f316 and older ones): `tensor_parallel_size` must be 1 or
+  the engine's `pretrained_config.mapping.tp_size` (else ValueError "tp_size X is
+  not consistent with the engine's tp_size Y"), and the engine's tp is used; a
+  tp > 1 engine runs one MPI rank per GPU, so TLLM_WORKER_USE_SINGLE_PROCESS
+  (`enable_worker_single_process_for_tp1`) does not apply and mpi4py is needed.
+  ModelRunnerCpp needs mpirun for tp > 1: the fake refuses it in one process.
 - tensorrt_llm/executor/executor.py (005bc848, ed53795b) `GenerationExecutor.create`:
   on one GPU the LLM API's executor is a worker process started through mpi4py
   unless TLLM_WORKER_USE_SINGLE_PROCESS=1 (llmapi/utils.py
@@ -75,7 +94,7 @@ v0.21.0 b4b1185a); tensorrt_llm/version.py reads 0.16.0 at 42a7b092, 0.17.0 at
 `install(monkeypatch, ...)` puts the fake modules in `sys.modules`; the fake
 "model" writes whatever `respond(prompt_text)` returns, tokenized with the
 engine folder's real tokenizer, `tokens_per_step` tokens per response (with a
-drafter: `accepted_per_step`, cycled, each at most max_draft_len + 1).
+drafter: `accepted_per_step`, cycled, each at most draft_len_per_beam + 1).
 """
 
 from __future__ import annotations
@@ -186,6 +205,8 @@ class FinishReason(enum.Enum):
 SINGLE_PROCESS_ENV = "TLLM_WORKER_USE_SINGLE_PROCESS"
 DEFAULT_TEMPERATURE = 1.0  # DefaultDecodingParams::getTemperature()
 TOKENS_PER_BLOCK = 32
+FLOAT16_MAX = 65504.0
+MAX_LOGIT = 100.0  # the fake model's largest |logit| (a 14B model's reach tens)
 
 
 @dataclass
@@ -195,7 +216,7 @@ class FakeModel:
     engine_dir: Path
     respond: Callable[[str], str]
     tokens_per_step: int = 3
-    # With a drafter: tokens accepted per step, cycled (each is capped at max_draft_len + 1).
+    # With a drafter: tokens accepted per step, cycled (each capped at draft_len_per_beam + 1).
     accepted_per_step: tuple[int, ...] = (4, 1, 3, 2)
     fail_after_tokens: int | None = None  # raise a background error after this many tokens
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -224,16 +245,31 @@ class FakeModel:
             return {"greedy": True}
         if drafter == "sampling":
             temperature = asked["temperature"]
-            return {
+            applied = {
                 "temperature": DEFAULT_TEMPERATURE if temperature is None else temperature,
                 "seed": asked["seed"],
             }
+            dtype = (self.engine_config().get("pretrained_config") or {}).get("dtype")
+            if dtype == "float16" and MAX_LOGIT / applied["temperature"] > FLOAT16_MAX:
+                applied["overflow"] = True  # logits * (1/T) past float16's range
+            return applied
         if asked["top_k"] == 1 or all(asked[k] is None for k in ("temperature", "top_k", "top_p")):
             return {"greedy": True}
         return {k: v for k, v in asked.items() if v is not None}
 
-    def note_prompt(self, prompt_ids: list[int]) -> None:
-        """Prefix caching: full blocks of the prompt seen in an earlier request are reused."""
+    def paged_context_fmha(self) -> bool:
+        plugins = self.engine_config()["build_config"].get("plugin_config") or {}
+        return bool(plugins.get("use_paged_context_fmha", True))
+
+    def tp_size(self) -> int:
+        mapping = (self.engine_config().get("pretrained_config") or {}).get("mapping") or {}
+        return int(mapping.get("tp_size") or 1)
+
+    def note_prompt(self, prompt_ids: list[int], reuse: bool = True) -> None:
+        """Prefix caching: full blocks of the prompt seen in an earlier request are reused
+        (with block reuse on and an engine built with paged context FMHA)."""
+        if not (reuse and self.paged_context_fmha()):
+            return
         full = len(prompt_ids) // TOKENS_PER_BLOCK
         for n in range(1, full + 1):
             prefix = tuple(prompt_ids[: n * TOKENS_PER_BLOCK])
@@ -246,8 +282,8 @@ class FakeModel:
         """Tokens per step: one fixed size, or a drafter's accepted counts (cycled)."""
         if self.drafter() is None:
             return itertools.repeat(self.tokens_per_step)
-        build = self.engine_config()["build_config"]
-        most = int(build.get("max_draft_len", 3)) + 1
+        pretrained = self.engine_config().get("pretrained_config") or {}
+        most = int(pretrained.get("redrafter_draft_len_per_beam", 3)) + 1
         return itertools.cycle([min(n, most) for n in self.accepted_per_step])
 
     def steps(
@@ -256,8 +292,11 @@ class FakeModel:
         max_tokens: int,
         end_id: int,
         stop_words: list[list[int]],
+        overflow: bool = False,
     ) -> Any:
         """Yield (new_ids, FinishReason or None, matched stop word index or None)."""
+        if overflow:
+            raise RequestError("fake executor: NaN in the sampling probabilities (float16 inf)")
         prompt_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         planned = self.tokenizer.encode(self.respond(prompt_text), add_special_tokens=False)
         planned.append(end_id)
@@ -300,7 +339,13 @@ class RequestOutput:
     No `abort()`: the 0.x results before 0.19 (`AbortableRequestOutput` has it).
     """
 
-    def __init__(self, model: FakeModel, prompt_ids: list[int], params: SamplingParams) -> None:
+    def __init__(
+        self,
+        model: FakeModel,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        overflow: bool = False,
+    ) -> None:
         self.model = model
         self.params = params
         self.outputs = [CompletionOutput(0)]
@@ -312,7 +357,7 @@ class RequestOutput:
             model.tokenizer.encode(s, add_special_tokens=False) for s in stops
         ]
         end_id = params.end_id if params.end_id is not None else model.tokenizer.eos_token_id
-        self._steps = model.steps(prompt_ids, params.max_tokens, end_id, self._stop_words)
+        self._steps = model.steps(prompt_ids, params.max_tokens, end_id, self._stop_words, overflow)
 
     def __aiter__(self) -> RequestOutput:
         return self
@@ -396,7 +441,14 @@ class TrtLLM:
             )
         if not isinstance(kwargs.get("kv_cache_config", KvCacheConfig()), KvCacheConfig):
             raise TypeError("kv_cache_config must be a KvCacheConfig")
-        in_process = os.environ.get(SINGLE_PROCESS_ENV, "0") == "1"
+        engine_tp = self.fake_model.tp_size()
+        if tensor_parallel_size not in (1, engine_tp):
+            raise ValueError(
+                f"tp_size {tensor_parallel_size} is not consistent with the engine's tp_size "
+                f"{engine_tp}"
+            )
+        # TLLM_WORKER_USE_SINGLE_PROCESS keeps only a tp 1 executor in this process.
+        in_process = os.environ.get(SINGLE_PROCESS_ENV, "0") == "1" and engine_tp == 1
         if not in_process and importlib.util.find_spec("mpi4py") is None:
             # GenerationExecutorProxy: the worker process is spawned through mpi4py.
             raise ModuleNotFoundError("No module named 'mpi4py'")
@@ -409,6 +461,8 @@ class TrtLLM:
                 "api": "llm",
                 "model": str(model),
                 "worker": "in-process" if in_process else "mpi",
+                "ranks": engine_tp,
+                "tensor_parallel_size": tensor_parallel_size,
                 **kwargs,
             }
         )
@@ -458,7 +512,8 @@ class TrtLLM:
                 "applied": applied,
             }
         )
-        return self.result_class(self.model, prompt_ids, params)
+        overflow = bool(applied.get("overflow"))
+        return self.result_class(self.model, prompt_ids, params, overflow)
 
     def get_stats(self, timeout: float = 2) -> list[dict[str, Any]]:
         return [{"iter": 0, "kvCacheStats": {"reusedBlocks": self.model.reused_blocks}}]
@@ -553,10 +608,6 @@ class Executor:
             request_id = self._next_id
             self._next_id += 1
             stop_words = request.stop_words or []
-            steps = self.model.steps(
-                request.input_token_ids, request.max_tokens, request.end_id, stop_words
-            )
-            self._active[request_id] = steps
             sampling = request.sampling_config
             applied = self.model.applied_sampling(
                 temperature=sampling.temperature,
@@ -566,6 +617,14 @@ class Executor:
                 repetition_penalty=sampling.repetition_penalty,
                 seed=sampling.seed,
             )
+            steps = self.model.steps(
+                request.input_token_ids,
+                request.max_tokens,
+                request.end_id,
+                stop_words,
+                bool(applied.get("overflow")),
+            )
+            self._active[request_id] = steps
             self.model.note_prompt(list(request.input_token_ids))
             self.model.requests.append(
                 {"request": request, "id": request_id, "aborted": False, "applied": applied}
@@ -651,6 +710,11 @@ class ModelRunnerCpp:
         debug_mode: bool = False,
     ) -> ModelRunnerCpp:
         _check_engine_dir(engine_dir)
+        if cls.fake_model.tp_size() > 1:  # one process is one MPI rank
+            raise RuntimeError(
+                f"the engine has {cls.fake_model.tp_size()} ranks: run under mpirun -n "
+                f"{cls.fake_model.tp_size()}"
+            )
         from transformers import AutoTokenizer
 
         model = cls.fake_model

