@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--tokenizer-dir", type=Path, default=None)
-    parser.add_argument("--shape", default="qwen2.5-1.5b", help="tests/fakes/qwen_tiny SHAPES")
+    parser.add_argument("--shape", default="qwen2.5-1.5b", help="submission/standin.py SHAPES")
     parser.add_argument("--problems", type=int, default=20, help="of the 20 reference problems")
     parser.add_argument("--attempts", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=64)
@@ -54,7 +54,7 @@ def tokenizer(folder: Path, given: Path | None) -> Path:
     if given is not None:
         return given
     try:
-        from tests.fakes.qwen_tiny import build_qwen_tokenizer
+        from submission.standin import build_qwen_tokenizer
 
         return build_qwen_tokenizer(folder / "tokenizer")
     except ImportError:  # no qwen-tokenizer here (the GPU box)

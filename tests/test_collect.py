@@ -266,6 +266,7 @@ def test_collect_with_the_hf_engine_on_a_tiny_model(tmp_path: Path, hf_tiny: Pat
 
 @pytest.fixture(scope="module")
 def hf_tiny(request: pytest.FixtureRequest) -> Path:
-    from tests.fakes.qwen_tiny import build_random_qwen2, cached
+    from submission.standin import build_random_qwen2
+    from tests.helpers import cached
 
     return cached(request.config.cache.mkdir("qwen2-tiny-random-v2"), build_random_qwen2)

@@ -300,7 +300,8 @@ def test_the_sandbox_fork_server_starts_before_the_model_server(tmp_path, monkey
 def tiny_model(request: pytest.FixtureRequest) -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("fastapi")  # transformers[serving]
-    from tests.fakes.qwen_tiny import build_random_qwen2, cached
+    from submission.standin import build_random_qwen2
+    from tests.helpers import cached
 
     return cached(request.config.cache.mkdir("qwen2-tiny-random-v2"), build_random_qwen2)
 
