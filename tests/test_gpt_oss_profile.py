@@ -41,10 +41,14 @@ def test_its_metadata_names_the_model_handle_and_passes_the_check() -> None:
     committed = json.loads(METADATA.read_text())
     assert committed["model_sources"] == ["openai/gpt-oss-120b/transformers/default/1"]
     # The committed file holds the placeholder owner (refused until replaced); --write --id
-    # replaces it, and the result passes every rule with this profile.
+    # sets the owner in the profile's [kaggle] section, and the metadata made from it passes
+    # every rule with this profile.
     assert any("placeholder" in e for e in check_metadata(committed, REPO, config))
-    written = metadata_from_config(config, committed, "someone/aimo-gpt-oss-harness")
-    assert check_metadata(written, REPO, config) == []
+    owned = load_config("aimo3", PROFILE, ["kaggle.owner=someone"])
+    written = metadata_from_config(owned, committed)
+    assert written["id"] == "someone/aimo-gpt-oss-harness"
+    assert written["model_sources"] == committed["model_sources"]
+    assert check_metadata(written, REPO, owned) == []
 
 
 def test_a_problem_runs_through_the_profile_the_launcher_and_the_stand_in(tmp_path: Path) -> None:
