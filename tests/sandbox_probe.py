@@ -164,7 +164,12 @@ def posix_mqueues() -> set[str] | None:
     mount namespace, so the host's mounts stay as they are); None where that fails."""
     if not mount_namespaces_work():
         return None
-    script = 'd=$(mktemp -d) && mount -t mqueue none "$d" && ls -1A "$d"; s=$?; rmdir "$d"; exit $s'
+    # Unmounted before rmdir: a mount point can't be removed, and the folder would outlive
+    # the namespace in the host's /tmp.
+    script = (
+        'd=$(mktemp -d) || exit 1; mount -t mqueue none "$d" && ls -1A "$d"; s=$?; '
+        'umount "$d" 2>/dev/null; rmdir "$d"; exit $s'
+    )
     done = subprocess.run(
         ["unshare", "--mount", "sh", "-c", script], capture_output=True, text=True, timeout=30
     )
