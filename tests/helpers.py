@@ -6,6 +6,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from submission.engines.base import Chunk, Engine, SamplingParams
 
 
@@ -22,8 +24,15 @@ def text_of(chunks: list[Chunk]) -> str:
     return "".join(c.text for c in chunks)
 
 
-def cached(root: Path, build: Callable[[Path], Path]) -> Path:
-    """`build(root)` once: later calls (other test modules, other runs) reuse the folder."""
+def cached(request: pytest.FixtureRequest, name: str, build: Callable[[Path], Path]) -> Path:
+    """`build(folder)` once: later calls (other test modules, other runs) reuse the folder,
+    kept in pytest's cache, or in this run's temporary folder under `-p no:cacheprovider`."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        root = cache.mkdir(name)
+    else:
+        root = request.getfixturevalue("tmp_path_factory").getbasetemp() / "built" / name
+        root.parent.mkdir(parents=True, exist_ok=True)
     done = root / ".complete"
     if not done.exists():
         partial = root.with_name(root.name + ".partial")

@@ -26,7 +26,7 @@ PROMPTS = (
 @pytest.fixture(scope="module")
 def model_dir(request: pytest.FixtureRequest) -> Path:
     torch.set_num_threads(1)  # the CI box has 2 cores; more threads only contend
-    return cached(request.config.cache.mkdir("qwen2-tiny-random-v2"), build_random_qwen2)
+    return cached(request, "qwen2-tiny-random-v2", build_random_qwen2)
 
 
 async def started(model_dir: Path, *sets: str) -> HfEngine:

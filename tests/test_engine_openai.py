@@ -34,7 +34,7 @@ def model_dir(request: pytest.FixtureRequest) -> Path:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     torch.set_num_threads(1)
-    return cached(request.config.cache.mkdir("qwen2-tiny-random-v2"), build_random_qwen2)
+    return cached(request, "qwen2-tiny-random-v2", build_random_qwen2)
 
 
 @pytest.fixture

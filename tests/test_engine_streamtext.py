@@ -65,7 +65,7 @@ def tokenizer(request: pytest.FixtureRequest):
     pytest.importorskip("transformers")
     from transformers import AutoTokenizer
 
-    path = cached(request.config.cache.mkdir("qwen25-tokenizer"), build_qwen_tokenizer)
+    path = cached(request, "qwen25-tokenizer", build_qwen_tokenizer)
     return AutoTokenizer.from_pretrained(str(path))
 
 

@@ -42,7 +42,7 @@ def as_openmath(text: str) -> str:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(request: pytest.FixtureRequest) -> Path:
-    return cached(request.config.cache.mkdir("qwen25-tokenizer"), build_qwen_tokenizer)
+    return cached(request, "qwen25-tokenizer", build_qwen_tokenizer)
 
 
 def make_engine_dir(

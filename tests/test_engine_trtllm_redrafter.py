@@ -40,7 +40,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(request: pytest.FixtureRequest) -> Path:
-    return cached(request.config.cache.mkdir("qwen25-tokenizer"), build_qwen_tokenizer)
+    return cached(request, "qwen25-tokenizer", build_qwen_tokenizer)
 
 
 SAMPLING_DRAFTER = {

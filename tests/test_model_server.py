@@ -303,7 +303,7 @@ def tiny_model(request: pytest.FixtureRequest) -> Path:
     from submission.standin import build_random_qwen2
     from tests.helpers import cached
 
-    return cached(request.config.cache.mkdir("qwen2-tiny-random-v2"), build_random_qwen2)
+    return cached(request, "qwen2-tiny-random-v2", build_random_qwen2)
 
 
 def transformers_sets(model: Path) -> list[str]:

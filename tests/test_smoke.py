@@ -37,7 +37,7 @@ def own_uids() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(request: pytest.FixtureRequest) -> Path:
-    return cached(request.config.cache.mkdir("qwen25-tokenizer"), build_qwen_tokenizer)
+    return cached(request, "qwen25-tokenizer", build_qwen_tokenizer)
 
 
 def test_smoke_passes_every_row_on_the_fake(tmp_path, tokenizer_dir, monkeypatch, capsys):
