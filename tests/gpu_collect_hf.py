@@ -128,17 +128,19 @@ def main(argv: list[str] | None = None) -> int:
         if name == "bench collect" and done.returncode == 0:
             (args.out / "overhead.json").write_text(done.stdout, encoding="utf-8")
         code = code or done.returncode
-    for source, name in (
-        (profile, "profile.json"),
-        (collected / "attempts.parquet", "attempts.parquet"),
-        (collected / "passk.md", "passk.md"),
-        (collected / "passk.png", "passk.png"),
-        (work / "simulate" / "simulate.md", "simulate.md"),
-    ):
-        if source.is_file():
-            shutil.copy2(source, args.out / name)
-    summary["total_s"] = round(time.monotonic() - began, 1)
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        # After every step, so a run stopped by its time limit keeps what it measured.
+        for source, kept in (
+            (profile, "profile.json"),
+            (collected / "attempts.parquet", "attempts.parquet"),
+            (collected / "passk.md", "passk.md"),
+            (collected / "passk.png", "passk.png"),
+            (work / "simulate" / "simulate.md", "simulate.md"),
+        ):
+            if source.is_file():
+                shutil.copy2(source, args.out / kept)
+        summary["total_s"] = round(time.monotonic() - began, 1)
+        summary_text = json.dumps(summary, indent=1) + "\n"
+        (args.out / "summary.json").write_text(summary_text, encoding="utf-8")
     steps_log.close()
     shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(summary, indent=1))
