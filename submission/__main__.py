@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # httpx logs every request at INFO: thousands of lines per run
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     module_name, help_text = COMMANDS[args.command]
     module = importlib.import_module(module_name)
     if hasattr(module, "main"):

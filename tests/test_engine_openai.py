@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import socket
 from collections.abc import AsyncIterator, Callable
@@ -268,6 +269,32 @@ async def test_429_and_503_are_retried_then_the_text_streams_whole() -> None:
     assert sum(c.tokens for c in chunks) == len(PIECES)
     assert chunks[-1].finish_reason == "length"
     assert all(body["prompt"] == PROMPT and body["seed"] == 7 for body in sent)
+
+
+async def test_the_kernels_logging_keeps_httpx_from_logging_each_request() -> None:
+    from submission.kernel import configure_logging
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.name)
+
+    root, httpx_logger = logging.getLogger(), logging.getLogger("httpx")
+    saved = root.handlers[:], root.level, httpx_logger.level
+    seen: list[str] = []
+    try:
+        root.setLevel(logging.INFO)
+        root.addHandler(Keep())
+        await run_mocked([streaming(PIECES)])
+        assert "httpx" in seen  # without the setup: one INFO line per request
+        configure_logging()
+        root.addHandler(Keep())
+        seen.clear()
+        await run_mocked([streaming(PIECES)])
+        assert "httpx" not in seen
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        httpx_logger.setLevel(saved[2])
 
 
 async def test_a_server_that_stays_down_ends_the_stream_in_error_after_the_retries() -> None:
