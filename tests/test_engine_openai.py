@@ -283,6 +283,7 @@ async def test_the_kernels_logging_keeps_httpx_from_logging_each_request() -> No
     seen: list[str] = []
     try:
         root.setLevel(logging.INFO)
+        httpx_logger.setLevel(logging.NOTSET)  # as before any setup (earlier tests ran main())
         root.addHandler(Keep())
         await run_mocked([streaming(PIECES)])
         assert "httpx" in seen  # without the setup: one INFO line per request
