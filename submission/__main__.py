@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "submission.commands.collect",
         "run a problems CSV through the harness, every attempt to its end: an attempt log",
     ),
-    "bench": ("submission.commands.bench", "benchmarks: sandbox, harness"),
+    "bench": ("submission.commands.bench", "benchmarks: sandbox, harness, speed, collect"),
     "fidelity": ("submission.commands.fidelity", "re-run recorded code blocks, compare outputs"),
     "doctor": (
         "submission.commands.doctor",

@@ -42,3 +42,18 @@ def cached(request: pytest.FixtureRequest, name: str, build: Callable[[Path], Pa
         partial.rename(root)
         (root / ".complete").touch()
     return root
+
+
+def fast_sim(attempts: int, concurrency: int) -> list[str]:
+    """`--set` arguments for the sim engine in real time, fast (an attempt takes about half
+    a second at 8 streams), for commands that run whole collects."""
+    settings = [
+        "engine.kind=sim",
+        "engine.sim.tokens_per_s=20000",
+        "engine.sim.code_call_s=0",
+        "engine.sim.chunk_s=0.02",
+        "generation.max_tokens=8000",
+        f"collect.attempts={attempts}",
+        f"collect.concurrency={concurrency}",
+    ]
+    return [arg for setting in settings for arg in ("--set", setting)]

@@ -22,25 +22,10 @@ from submission.attempt_store import ShardWriter, read_store
 from submission.collect import COLLECT_SCHEMA, SHARDS
 from submission.config import PACKAGE_DATA
 from submission.report import ATTEMPT_SCHEMA
+from tests.helpers import fast_sim
 
 SIM_PROBLEMS = PACKAGE_DATA / "synthetic_problems.csv"
-# The sim engine in real time, fast: an attempt takes about half a second at 8 streams.
-FAST_SIM = [
-    "--set",
-    "engine.kind=sim",
-    "--set",
-    "engine.sim.tokens_per_s=20000",
-    "--set",
-    "engine.sim.code_call_s=0",
-    "--set",
-    "engine.sim.chunk_s=0.02",
-    "--set",
-    "generation.max_tokens=8000",
-    "--set",
-    "collect.attempts=4",
-    "--set",
-    "collect.concurrency=8",
-]
+FAST_SIM = fast_sim(attempts=4, concurrency=8)
 PROBLEMS = 6
 # What makes two runs' rows the same row (times and concurrency differ from run to run).
 SAME = ["problem_id", "attempt_num", "answer", "is_none", "is_correct", "tokens", "finish_reason"]

@@ -121,6 +121,7 @@ def test_smoke_reports_an_engine_that_cannot_start(tmp_path, tokenizer_dir, monk
         ["smoke"],  # before: a traceback
         ["smoke", "--engine-dir", "/no/such/engine"],
         ["smoke", "--engine", "hf"],
+        ["smoke", "--engine", "hf", "--engine-dir", "/no/such/model"],  # before: exit 1, late
     ],
 )
 def test_no_engine_to_load_is_a_clear_message_with_what_to_do(

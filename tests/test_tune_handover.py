@@ -19,25 +19,11 @@ from submission.config import PACKAGE_DATA, load_config
 from submission.gateway import check_submission
 from submission.policy.anchors import anchor_policies
 from submission.speed_profile import load_profile
+from tests.helpers import fast_sim
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--seeds", "2", "--fractions", "1", "--tick", "5"]
-FAST_SIM = [
-    "--set",
-    "engine.kind=sim",
-    "--set",
-    "engine.sim.tokens_per_s=20000",
-    "--set",
-    "engine.sim.code_call_s=0",
-    "--set",
-    "engine.sim.chunk_s=0.02",
-    "--set",
-    "generation.max_tokens=8000",
-    "--set",
-    "collect.attempts=6",
-    "--set",
-    "collect.concurrency=12",
-]
+FAST_SIM = fast_sim(attempts=6, concurrency=12)
 
 
 def test_simulate_writes_its_outputs_to_out_and_shows_progress(

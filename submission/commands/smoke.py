@@ -105,6 +105,10 @@ def missing_engine(config: Config) -> str | None:
             )
     if engine.kind == "hf" and not engine.hf.model:
         return f"the hf engine needs a model folder (--engine-dir DIR); {HOW_TO_GET_AN_ENGINE}"
+    # A path (not a hub id such as Qwen/Qwen2.5-1.5B) that is no folder: nothing to load.
+    model = engine.hf.model
+    if engine.kind == "hf" and model.startswith(("/", ".", "~")) and not Path(model).is_dir():
+        return f"no model folder at {model}; {HOW_TO_GET_AN_ENGINE}"
     return None
 
 

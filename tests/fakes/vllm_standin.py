@@ -53,8 +53,8 @@ from tests.fakes.completions_server import CompletionsServer  # noqa: E402
 def vllm_parser() -> argparse.ArgumentParser:
     """vLLM 0.11.2's flags (names and whether each takes a value), nothing else."""
     flags = ServerFlags.load("vllm")
+    # No positional model: that is `vllm serve`'s; the api_server module takes only --model.
     parser = argparse.ArgumentParser(prog="vllm.entrypoints.openai.api_server")
-    parser.add_argument("model_tag", nargs="?")
     for flag, takes_value in flags.takes_value.items():
         dest = flag.lstrip("-").replace("-", "_")
         if takes_value:
@@ -100,7 +100,7 @@ def log(line: str) -> None:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    model = args.model or args.model_tag
+    model = args.model
     name = args.served_model_name or model
     config = load_config("aimo3", None, ["prompt.family=tora"])
     engine = RecordedEngine(ReplayEngine.from_config(config))
