@@ -45,7 +45,10 @@ class CompletionsServer:
     # GET /health answers 200 once this is true (a server still loading answers 503).
     healthy: bool = True
     top_logprobs: TopLogprobs = synthetic_top_logprobs
-    # Called after each completed request (a stand-in may crash there).
+    # Called with each request's body as it arrives (before any answer: a client that has
+    # its answer may stop the server at once), and after each completed request (a stand-in
+    # may crash there).
+    on_request: Callable[[dict[str, Any]], None] | None = None
     after_request: Callable[[int], None] | None = None
     port: int = 0
     _server: Any = None
@@ -88,6 +91,8 @@ class CompletionsServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: dict[str, Any]
     ) -> None:
         self.requests.append(request)
+        if self.on_request is not None:
+            self.on_request(request)
         if request.get("model") != self.model_name:
             await _respond_json(writer, 404, {"error": f"model {request.get('model')!r} not found"})
             return

@@ -109,15 +109,18 @@ async def serve(args: argparse.Namespace) -> None:
     crash_after = int(os.environ.get("AIMO_STANDIN_CRASH_AFTER", "0"))
     crash_marker = os.environ.get("AIMO_STANDIN_CRASH_MARKER", "")
 
-    def after_request(count: int) -> None:
+    def on_request(request: dict) -> None:
         if requests_log:
             with open(requests_log, "a", encoding="utf-8") as f:
-                f.write(json.dumps(server.requests[-1]) + "\n")
+                f.write(json.dumps(request) + "\n")
+
+    def after_request(count: int) -> None:
         if crash_after and count >= crash_after and not Path(crash_marker).exists():
             Path(crash_marker).touch()
             log("ERROR stand-in: EngineCore died unexpectedly (on purpose)")
             os._exit(1)
 
+    server.on_request = on_request
     server.after_request = after_request
     listener = await asyncio.start_server(server._serve, args.host or "0.0.0.0", args.port)
     sizing = (
